@@ -1,0 +1,34 @@
+"""One-shot functions for callers that do not need an operator object."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ._backend import Array
+from .kron import Kron
+from .kron_diff import KronDiff
+
+
+def kron_matmul(factors: Sequence[Array], x: Array) -> Array:
+    """``(F₁ ⊗ … ⊗ Fₙ) x`` for ``x`` of shape ``(∏cⱼ,)`` or ``(∏cⱼ, k)``; see :class:`Kron`."""
+    return Kron(*factors) @ x
+
+
+def kron_solve(factors: Sequence[Array], b: Array, *, damping: float = 0.0) -> Array:
+    r"""Solve ``(F₁ ⊗ … ⊗ Fₙ + damping·I) x = b``.
+
+    With ``damping = 0`` the factors are inverted one by one (``Σ nⱼ³``); otherwise the factors
+    must be symmetric and the solve goes through their eigendecompositions
+    (:meth:`Kron.eigh`), the only exact route for a damped Kronecker product.
+    """
+    op = Kron(*factors)
+    if damping == 0:
+        return op.solve(b)
+    return op.eigh().shift(damping).inv() @ b
+
+
+def kron_diff_solve(
+    A: Array, B: Array, C: Array, D: Array, b: Array, *, damping: float = 0.0
+) -> Array:
+    """Solve ``(A⊗B − C⊗D) x = b`` exactly; see :class:`KronDiff`."""
+    return KronDiff(A, B, C, D).solve(b, damping=damping)

@@ -1,0 +1,169 @@
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import kronlin as kl
+
+from ..conftest import convert, to_numpy
+from .helpers import assert_close, spd
+from .operator_contract import InvertibleOperatorContract, OperatorContract
+
+
+def dense_kron(*factors):
+    out = factors[0]
+    for f in factors[1:]:
+        out = np.kron(out, f)
+    return out
+
+
+class TestKronTwoRectangular(OperatorContract):
+    label = "Kron(2 rectangular)"
+
+    def build(self, rng, backend, dtype):
+        A, B = rng.standard_normal((4, 3)), rng.standard_normal((2, 5))
+        return kl.Kron(convert(A, backend, dtype), convert(B, backend, dtype)), np.kron(A, B), 10.0
+
+
+class TestKronThreeSquareSPD(InvertibleOperatorContract):
+    label = "Kron(3 SPD)"
+    symmetric = True
+
+    def build(self, rng, backend, dtype):
+        fs = [spd(rng, n) for n in (3, 4, 2)]
+        op = kl.Kron(*(convert(f, backend, dtype) for f in fs))
+        return op, dense_kron(*fs), 10.0
+
+
+class TestKronSingleFactor(InvertibleOperatorContract):
+    label = "Kron(1 factor)"
+
+    def build(self, rng, backend, dtype):
+        A = rng.standard_normal((5, 5)) + 5 * np.eye(5)
+        return kl.Kron(convert(A, backend, dtype)), A, 10.0
+
+
+class TestKronFourFactors(OperatorContract):
+    label = "Kron(4 mixed)"
+
+    def build(self, rng, backend, dtype):
+        fs = [rng.standard_normal(s) for s in ((2, 3), (3, 3), (1, 2), (4, 2))]
+        return kl.Kron(*(convert(f, backend, dtype) for f in fs)), dense_kron(*fs), 10.0
+
+
+def test_vec_convention(backend, dtype):
+    # Kron(A, B) @ vec(X) = vec(A X Bᵀ), row-major vec (design.md §2)
+    rng = np.random.default_rng(0)
+    A, B, X = rng.standard_normal((3, 4)), rng.standard_normal((5, 2)), rng.standard_normal((4, 2))
+    op = kl.Kron(convert(A, backend, dtype), convert(B, backend, dtype))
+    got = op @ convert(X.reshape(-1), backend, dtype)
+    assert_close(got, (A @ X @ B.T).reshape(-1), dtype=dtype, cond=10, label="Kron(2 rectangular)")
+
+
+def test_structured_methods(backend, dtype):
+    rng = np.random.default_rng(1)
+    fs = [spd(rng, n) for n in (3, 2, 4)]
+    dense = dense_kron(*fs)
+    op = kl.Kron(*(convert(f, backend, dtype) for f in fs))
+    label = "Kron(3 SPD)"
+    assert_close(np.array([to_numpy(op.logdet())]), [np.linalg.slogdet(dense)[1]], dtype=dtype,
+                 cond=100, label=label)
+    assert_close(np.array([to_numpy(op.trace())]), [np.trace(dense)], dtype=dtype, label=label)
+    assert_close(op.diagonal(), np.diag(dense), dtype=dtype, label=label)
+    eig = op.eigh()
+    assert isinstance(eig, kl.KronEigen) and eig.orthonormal
+    assert_close(eig.to_dense(), dense, dtype=dtype, cond=10, label=label)
+    damped = eig.shift(0.3).inv()
+    assert_close(damped.to_dense(), np.linalg.inv(dense + 0.3 * np.eye(len(dense))), dtype=dtype,
+                 cond=100, label=label)
+
+
+def test_inv_names_singular_factor():
+    with pytest.raises(np.linalg.LinAlgError, match=r"factors\[1\] is singular"):
+        kl.Kron(np.eye(2), np.zeros((3, 3))).inv()
+
+
+def test_square_required_message():
+    with pytest.raises(ValueError, match=r"Kron.inv: factors\[0\] must be square, got shape \(2, 3\)"):
+        kl.Kron(np.ones((2, 3))).inv()
+
+
+def test_eigh_rejects_nonsymmetric_factor():
+    with pytest.raises(ValueError, match=r"factors\[0\]: expected a symmetric matrix"):
+        kl.Kron(np.array([[1.0, 2.0], [0.0, 1.0]]), np.eye(2)).eigh()
+
+
+@pytest.mark.parametrize(
+    ("factors", "error", "message"),
+    [
+        ((), ValueError, "factors: expected at least one factor, got none"),
+        ((np.ones(3),), ValueError, r"factors\[0\]: expected a 2-D matrix, got an array of shape \(3,\)"),
+        ((np.eye(2), np.full((2, 2), np.nan)), ValueError, r"factors\[1\]: expected finite entries"),
+        ((np.eye(2, dtype=np.int64),), TypeError, r"factors\[0\]: expected dtype float32 or float64, got int64"),
+        (([[1.0]],), TypeError, r"factors\[0\]: expected a NumPy array or a torch tensor, got list"),
+    ],
+)
+def test_construction_errors(factors, error, message):
+    with pytest.raises(error, match=message):
+        kl.Kron(*factors)
+
+
+def test_mixed_backends_error_names_arguments():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"mixed array backends .*factors\[0\] is numpy, factors\[1\] is torch"):
+        kl.Kron(np.eye(2), torch.eye(2, dtype=torch.float64))
+
+
+def test_float32_stays_float32():
+    A = np.eye(3, dtype=np.float32)
+    out = kl.Kron(A, A) @ np.ones(9, dtype=np.float32)
+    assert out.dtype == np.float32
+
+
+# -- properties (hypothesis) ----------------------------------------------------------------
+dims = st.integers(1, 4)
+
+
+@st.composite
+def matrices(draw, rows=None, cols=None):
+    r = draw(dims) if rows is None else rows
+    c = draw(dims) if cols is None else cols
+    seed = draw(st.integers(0, 2**31))
+    return np.random.default_rng(seed).standard_normal((r, c))
+
+
+@given(matrices(), matrices(), st.data())
+def test_mixed_product_rule(A, B, data):
+    # (A ⊗ B)(C ⊗ D) = (AC) ⊗ (BD)
+    C = data.draw(matrices(rows=A.shape[1]))
+    D = data.draw(matrices(rows=B.shape[1]))
+    lhs = (kl.Kron(A, B) @ kl.Kron(C, D)).to_dense()
+    np.testing.assert_allclose(lhs, np.kron(A @ C, B @ D), atol=1e-10)
+
+
+@given(st.lists(matrices(), min_size=1, max_size=4), st.integers(1, 3), st.integers(0, 2**31))
+def test_n_factor_associativity_and_shape(factors, k, seed):
+    op = kl.Kron(*factors)
+    dense = dense_kron(*factors)
+    assert op.shape == dense.shape
+    X = np.random.default_rng(seed).standard_normal((dense.shape[1], k))
+    np.testing.assert_allclose(op @ X, dense @ X, atol=1e-10)
+    # grouping: (F₁ ⊗ F₂) ⊗ F₃ = F₁ ⊗ (F₂ ⊗ F₃)
+    if len(factors) >= 2:
+        grouped = kl.Kron(np.kron(factors[0], factors[1]), *factors[2:])
+        np.testing.assert_allclose(grouped @ X, op @ X, atol=1e-10)
+
+
+@given(st.lists(matrices(), min_size=1, max_size=3))
+def test_transpose_property(factors):
+    np.testing.assert_allclose(kl.Kron(*factors).T.to_dense(), dense_kron(*factors).T, atol=1e-12)
+
+
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=3), st.integers(0, 2**31))
+def test_inverse_of_kron_is_kron_of_inverses(sizes, seed):
+    rng = np.random.default_rng(seed)
+    fs = [rng.standard_normal((n, n)) + 3 * n * np.eye(n) for n in sizes]
+    inv = kl.Kron(*fs).inv()
+    np.testing.assert_allclose(inv.to_dense(), dense_kron(*(np.linalg.inv(f) for f in fs)),
+                               atol=1e-10)
+    np.testing.assert_allclose(inv.to_dense() @ dense_kron(*fs), np.eye(inv.shape[0]), atol=1e-9)

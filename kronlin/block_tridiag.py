@@ -108,7 +108,7 @@ class BlockTridiagInverse(LinearOperator):
 
     @property
     def conditionals(self) -> tuple[LinearOperator, ...]:
-        r"""The blocks of :math:`\Lambda`: ``Σ_{i|i+1}⁻¹`` (KronEigen), then ``Σ_b⁻¹`` (Kron)."""
+        r"""The blocks of :math:`\Lambda`, ``Σ_{i|i+1}⁻¹`` (KronEigen) then ``Σ_b⁻¹`` (Kron)."""
         return tuple(self._sigma_inv)
 
     def _matmat(self, X: Array) -> Array:

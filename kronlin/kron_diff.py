@@ -34,8 +34,9 @@ class KronDiff(LinearOperator):
         C: symmetric, shape ``(m, m)`` (PSD in K-FAC; the inverse does not need it).
         D: symmetric, shape ``(n, n)``.
 
-    Apply costs four GEMM-pairs on ``k`` vectors; :meth:`inv` costs two Cholesky factorizations
-    and two ``eigh`` of sizes ``m`` and ``n`` once, then apply costs two GEMM-pairs.
+    Apply costs two GEMM pairs (one per Kronecker product) on ``k`` vectors; :meth:`inv` costs
+    two Cholesky factorizations and two ``eigh`` of sizes ``m`` and ``n`` once, and its apply
+    costs two GEMM pairs too.
 
     Raises:
         TypeError: mixed backends or unsupported dtypes.

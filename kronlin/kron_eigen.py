@@ -29,7 +29,7 @@ class KronEigen(LinearOperator):
             from :meth:`Kron.eigh`; it makes :meth:`inv`, :meth:`shift` and :meth:`logdet` cheap.
             It is a promise, not checked beyond shapes.
 
-    Apply costs ``2k·N·Σⱼ nⱼ`` flops for ``k`` vectors (``N = ∏nⱼ``): mode products with ``Kⱼᵀ``,
+    Apply costs ``4k·N·Σⱼ nⱼ`` flops for ``k`` vectors (``N = ∏nⱼ``): mode products with ``Kⱼᵀ``,
     an elementwise scaling by ``S``, mode products with ``Kⱼ``.
 
     Raises:

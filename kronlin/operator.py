@@ -46,7 +46,7 @@ class LinearOperator:
     # -- protocol --------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int]:
-        """``(m, n)``: the shape of the matrix."""
+        """The shape of the matrix, ``(m, n)``."""
         return self._shape
 
     @property

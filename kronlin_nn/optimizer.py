@@ -1,0 +1,617 @@
+r"""``KFAC``: the complete K-FAC optimizer of Martens & Grosse (2015) for torch networks.
+
+One call per iteration, ``stats = opt.step(inputs, targets)``, runs the paper's Algorithm 2
+(arXiv §9; spec ``kfac-algorithm.md`` §6) in this order:
+
+1. forward pass on the batch :math:`S'`, recording every layer's input and output, and
+   backward pass for :math:`h(\theta)` and :math:`\nabla h`, weight decay included;
+2. a forward pass of its own on :math:`S_1` (the first :math:`\lceil\tau_1 m\rceil` cases; this
+   costs :math:`\tau_1` of a forward pass and saves a full-batch backward pass) and the extra
+   backward pass on it with targets sampled from the model, to the layer outputs only,
+   giving the batch's Kronecker factors (and the cross moments of a chain for ``"tridiag"``);
+3. a single host sync: a non-finite :math:`h` or :math:`\nabla h` rejects the step
+   (parameters and statistics untouched, λ raised); non-finite factors skip the EMA update;
+4. EMA update of the statistics, :math:`\epsilon_k = \min(1-1/k, \epsilon_{\max})`;
+5. γ candidates :math:`\{\omega_2\gamma, \gamma, \gamma/\omega_2\}` when :math:`k \equiv 0 \pmod{T_2}`;
+6. inverse refresh when :math:`k \equiv 0 \pmod{T_3}` or :math:`k \le 3`, one damped
+   inverse per candidate (a failure keeps the last good inverses, with a warning);
+7. per candidate: :math:`\Delta_\gamma = -\tilde F_\gamma^{-1}\nabla h`, then :math:`(\alpha, \mu)`
+   from the exact-Fisher quadratic model on :math:`S_2` (first :math:`\lceil\tau_2 m\rceil`
+   cases), all candidates' forward-mode products in one batched pass that reuses the layer
+   outputs recorded in step 1 (:func:`~kronlin_nn.quadratic.cached_output_jvps`);
+8. keep the candidate with the lowest :math:`M(\delta)`;
+9. when :math:`k \equiv 0 \pmod{T_1}`: :math:`\rho` from :math:`h(\theta+\delta)` on :math:`S'`
+   and the Levenberg–Marquardt rule for λ;
+10. :math:`\theta \leftarrow \theta + \delta`, :math:`\delta_0 \leftarrow \delta`.
+
+Host syncs per step: one for the finiteness checks, one for the quadratic model's scalars,
+and one more on ρ steps (plus a few on refresh steps).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+import kronlin
+
+from .capture import LayerIO, check_chain, forward_recorded, homogeneous, supported_layers
+from .curvature import (
+    FactorError,
+    KFACWarning,
+    blockdiag_inverses,
+    tridiag_blocks,
+    tridiag_inverse,
+)
+from .damping import (
+    PI_KINDS,
+    gamma_candidates,
+    gamma_decay,
+    initial_damping,
+    levenberg_marquardt,
+    lm_decay,
+    pi_scales,
+)
+from .factors import (
+    check_fisher,
+    cross_factors,
+    flat_targets,
+    gradient_factors,
+    input_factors,
+    output_gradients,
+    output_vectors,
+)
+from .layout import ParameterLayout
+from .losses import predictive_distribution
+from .quadratic import cached_output_jvps, model_change, reduction_ratio, solve_coefficients
+from .statistics import FactorStatistics
+
+__all__ = ["KFAC"]
+
+APPROXIMATIONS = ("blockdiag", "tridiag")
+_STATE_VERSION = 1
+
+
+class KFAC(torch.optim.Optimizer):
+    r"""K-FAC (Martens & Grosse 2015) with the paper's full damping and momentum machinery.
+
+    Args:
+        model: the network. Its trainable parameters must all belong to ``nn.Linear`` layers
+            (with or without bias), each called once per forward pass on ``(n, d_in)`` inputs;
+            the model must treat cases independently (no BatchNorm in training mode): it is
+            evaluated on sub-batches.
+        loss_fn: ``nn.MSELoss``, ``nn.BCEWithLogitsLoss`` or ``nn.CrossEntropyLoss`` with
+            reduction ``"mean"`` or ``"sum"``; the objective is exactly ``loss_fn(model(x), y)``
+            plus ``weight_decay/2·‖θ‖²``, and the curvature is that objective's Fisher.
+        approx: ``"blockdiag"`` (:math:`\breve F`, paper §4.2; the paper's recommendation) or
+            ``"tridiag"`` (:math:`\hat F`, §4.3; the layers must form a chain in forward order).
+        fisher: statistics from targets sampled from the model (``"mc"``, the paper), the
+            data's targets (``"empirical"``) or the exact expectation (``"exact"``, one backward
+            pass per output).
+        lr: ``None``: α from the quadratic model (arXiv §6.4); a float: fixed α.
+        momentum: ``True``: μ from the quadratic model (arXiv §7); ``False``: none; a float:
+            fixed μ.
+        damping: the initial λ. ``None`` (default) calibrates it on the first batch as the
+            largest eigenvalue of the block-diagonal K-FAC curvature
+            (:func:`~kronlin_nn.damping.initial_damping`): scale-aware, errs on the large side
+            as the paper advises, and works for autoencoders and classifiers alike. γ starts
+            at :math:`\sqrt{\lambda_0 + \eta}`.
+        adapt_damping: adapt λ by the LM rule every ``damping_every`` steps and γ by the greedy
+            search every ``gamma_every`` steps; ``False`` keeps λ and γ fixed.
+        weight_decay: η, in :math:`h` and its gradient, for all parameters (biases included).
+        ema_max: :math:`\epsilon_{\max}` of the statistics' moving average.
+        inverse_every: :math:`T_3`; inverses are also refreshed on steps 1–3.
+        damping_every: :math:`T_1`; :math:`\omega_1 = 0.95^{T_1}`.
+        gamma_every: :math:`T_2`, a multiple of ``inverse_every``; :math:`\omega_2 = 0.95^{T_2/2}`.
+        stats_fraction: :math:`\tau_1`, the fraction of each batch for the factor statistics.
+        quad_fraction: :math:`\tau_2`, the fraction for the quadratic model (default 1, as in
+            the authors' code; the paper's text says 1/4 and warns about smaller values).
+        pi: ``"trace"``, ``"frobenius"`` or ``"one"`` (:func:`~kronlin_nn.damping.pi_scales`).
+        seed: seed of the optimizer's own ``torch.Generator`` for the sampled targets;
+            ``None`` draws one from torch's global generator.
+        gamma_bounds: ``(γ_min, γ_max)``; default :math:`(\sqrt\eta, \infty)`. The authors' code
+            caps γ at 1, which fights :math:`\gamma_0 = 12.2` and depends on the loss scale.
+        damping_bounds: ``(λ_min, λ_max)``; default ``(0, ∞)`` as in the authors' code.
+        rho_includes_damping: whether :math:`M` in :math:`\rho` includes the λ term (the paper;
+            tensorflow/kfac and kfac-jax exclude it).
+
+    The returned diagnostics of :meth:`step` are a dict with ``"loss"`` (:math:`h(\theta)` before
+    the step, weight decay included), ``"lambda"`` and ``"gamma"`` (the values this step used),
+    ``"alpha"``, ``"mu"``, ``"rho"`` (NaN when not computed), ``"refreshed"`` and ``"accepted"``.
+
+    Raises:
+        ValueError, TypeError: invalid configuration, model or loss (naming the argument).
+
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        *,
+        approx: str = "blockdiag",
+        fisher: str = "mc",
+        lr: float | None = None,
+        momentum: bool | float = True,
+        damping: float | None = None,
+        adapt_damping: bool = True,
+        weight_decay: float = 1e-5,
+        ema_max: float = 0.95,
+        inverse_every: int = 20,
+        damping_every: int = 5,
+        gamma_every: int = 20,
+        stats_fraction: float = 1 / 8,
+        quad_fraction: float = 1.0,
+        pi: str = "trace",
+        seed: int | None = None,
+        gamma_bounds: tuple[float, float] | None = None,
+        damping_bounds: tuple[float, float] = (0.0, math.inf),
+        rho_includes_damping: bool = True,
+    ):
+        _validate(approx=approx, fisher=fisher, lr=lr, momentum=momentum, damping=damping,
+                  weight_decay=weight_decay, inverse_every=inverse_every,
+                  damping_every=damping_every, gamma_every=gamma_every,
+                  stats_fraction=stats_fraction, quad_fraction=quad_fraction, pi=pi,
+                  damping_bounds=damping_bounds, gamma_bounds=gamma_bounds)
+        layers = supported_layers(model)
+        super().__init__([p for m in layers for p in m.parameters()],
+                         {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+        self.model, self.loss_fn = model, loss_fn
+        self._dist = predictive_distribution(loss_fn)
+        self.approx, self.fisher, self.pi = approx, fisher, pi
+        self.adapt_damping, self.rho_includes_damping = adapt_damping, rho_includes_damping
+        self.inverse_every, self.damping_every, self.gamma_every = (
+            inverse_every, damping_every, gamma_every)
+        self.stats_fraction, self.quad_fraction = stats_fraction, quad_fraction
+        self.damping_bounds = damping_bounds
+        self.gamma_bounds = (
+            (math.sqrt(weight_decay), math.inf) if gamma_bounds is None else gamma_bounds)
+        self._layers = layers
+        self._registration = {id(m): i for i, m in enumerate(layers)}
+        self._ordered = False
+        self._layout = ParameterLayout(layers)
+        self._names = {id(p): n for n, p in model.named_parameters()}
+        self._stats = FactorStatistics(ema_max)
+        self._lambda = damping
+        self._gamma = None if damping is None else math.sqrt(damping + weight_decay)
+        self._delta0: Tensor | None = None
+        self._inverse: kronlin.LinearOperator | None = None
+        self._inverse_data: dict | None = None
+        self._k = 0
+        self._rejected = 0
+        self._seed = int(torch.randint(0, 2**62, ())) if seed is None else int(seed)
+        self._generator: torch.Generator | None = None
+
+    # -- public API -------------------------------------------------------------------------
+    @property
+    def iteration(self) -> int:
+        """The number of iterations done, ``k`` (steps rejected for non-finite values excluded)."""
+        return self._k
+
+    def step(self, inputs: Tensor, targets: Tensor) -> dict[str, Any]:  # type: ignore[override]
+        """One K-FAC iteration on the batch ``(inputs, targets)``; see the module docstring.
+
+        Args:
+            inputs: ``m`` cases, the first dimension being the batch.
+            targets: their targets, as ``loss_fn`` takes them.
+
+        Returns:
+            The diagnostics dict described in the class docstring.
+
+        """
+        group = self.param_groups[0]
+        lr, momentum, eta = group["lr"], group["momentum"], group["weight_decay"]
+        m = inputs.shape[0]
+        n1 = min(m, max(1, math.ceil(self.stats_fraction * m)))
+        n2 = min(m, max(1, math.ceil(self.quad_fraction * m)))
+        z, calls = self._forward(inputs)
+        # S₁ gets a forward pass of its own, so the extra backward costs τ₁ of a full one
+        z1, calls1 = (z, calls) if n1 == m else self._forward(inputs[:n1])
+        h, theta, grad_h = self._gradient(z, targets, eta, retain_graph=n1 == m)
+        g = self._extra_backward(z1, calls1, targets[:n1], n1)
+        batch = self._factor_estimates(calls1, g, n1)
+
+        # one host sync for all the finiteness checks
+        stats_norm = torch.stack(torch._foreach_norm(_flatten(batch), 1)).sum()
+        checks = torch.stack([h, grad_h.sum(), stats_norm])
+        h_value, grad_sum, stats_sum = checks.tolist()
+        if not (math.isfinite(h_value) and math.isfinite(grad_sum)):
+            return self._reject(h_value)
+        self._k += 1
+        k = self._k
+        kappa = self._dist.scale(m, z[:1].numel()) * m
+        if math.isfinite(stats_sum):
+            self._stats.update(*batch)
+        else:
+            warnings.warn(f"step {k}: non-finite curvature statistics; batch skipped", KFACWarning,
+                          stacklevel=2)
+        if self._lambda is None:
+            self._lambda = initial_damping(batch[0], [kappa * g for g in batch[1]])
+            self._gamma = math.sqrt(self._lambda + eta)
+
+        candidates = [self._gamma]
+        if self.adapt_damping and k % self.gamma_every == 0:
+            candidates = gamma_candidates(self._gamma, gamma_decay(self.gamma_every),
+                                          self.gamma_bounds)
+        refreshed = k % self.inverse_every == 0 or k <= 3 or self._inverse is None
+        ops, candidates, blocks = self._operators(candidates, kappa, refreshed)
+        if ops is None:
+            refreshed = False
+            ops, candidates = [self._inverse], [self._gamma]
+        deltas = self._proposals(ops, grad_h)
+
+        lam = self._lambda
+        fixed = (lr, 0.0 if momentum is False else (None if momentum is True else momentum))
+        delta0 = self._delta0 if fixed[1] != 0.0 else None
+        if lr is None or momentum is True or self.adapt_damping:
+            best = self._quadratic_model(deltas, delta0, grad_h, calls, inputs[:n2], z, m,
+                                         lam + eta, eta, fixed)
+        else:  # plain K-FAC steps: no quadratic model needed
+            best = (0, fixed[0], fixed[1], math.nan, math.nan)
+            if not math.isfinite(float(deltas[0].sum())):
+                best = None
+        if best is None:
+            return self._reject(h_value, counted=True, refreshed=refreshed)
+        j, alpha, mu, _, predicted_rho = best
+        delta = deltas[j].mul_(alpha)
+        if delta0 is not None and mu != 0.0:
+            delta.add_(delta0, alpha=mu)
+        if refreshed:
+            self._adopt_inverse(ops[j], None if blocks is None else blocks[j])
+        self._gamma = candidates[j]
+
+        rho, new_theta = math.nan, None
+        if self.adapt_damping and k % self.damping_every == 0:
+            new_theta = theta + delta
+            h_new = self._objective(inputs, targets, new_theta, eta)
+            rho = reduction_ratio(h_new, h_value, predicted_rho)
+            self._lambda = levenberg_marquardt(lam, rho, lm_decay(self.damping_every),
+                                               self.damping_bounds)
+            if not math.isfinite(h_new):
+                return self._reject(h_value, counted=True, refreshed=refreshed, rho=rho,
+                                    raise_lambda=False)
+        self._apply(delta, new_theta)
+        self._delta0 = delta
+        return {"loss": h_value, "lambda": lam, "gamma": candidates[j], "alpha": float(alpha),
+                "mu": float(mu), "rho": rho, "refreshed": refreshed, "accepted": True}
+
+    # -- the steps of an iteration --------------------------------------------------------
+    def _forward(self, inputs: Tensor) -> tuple[Tensor, list[LayerIO]]:
+        """``model(inputs)`` with its layer records, in layer order."""
+        z, calls = forward_recorded(self.model, self._layers, inputs)
+        if not self._ordered:
+            self._adopt_forward_order(calls)
+        return z, self._in_layer_order(calls)
+
+    def _adopt_forward_order(self, calls: Sequence[LayerIO]) -> None:
+        """Order the layers as the forward pass calls them (the chain order for ``tridiag``)."""
+        if self.approx == "tridiag":
+            check_chain(calls)
+        order = [c.layer for c in calls]
+        self._layers = [self._layers[i] for i in order]
+        self._layout = ParameterLayout(self._layers)
+        for pos, c in enumerate(calls):
+            c.layer = pos
+        self._ordered = True
+
+    def _in_layer_order(self, calls: list[LayerIO]) -> list[LayerIO]:
+        order = [c.layer for c in calls]
+        if order != sorted(order):
+            if self.approx == "tridiag":
+                raise ValueError(
+                    f"model: the forward order of the nn.Linear layers changed to {order}; "
+                    f"approx='tridiag' needs a fixed chain"
+                )
+            calls = sorted(calls, key=lambda c: c.layer)
+        return calls
+
+    def _gradient(self, z: Tensor, targets: Tensor, eta: float, retain_graph: bool):
+        r"""``(h, θ, ∇h)``: the objective (0-d), the flat parameters and the flat gradient.
+
+        :math:`h = \text{loss} + \tfrac\eta2\|\theta\|^2`, :math:`\nabla h = \nabla\text{loss} + \eta\theta`.
+        ``retain_graph`` keeps the graph for the extra backward pass.
+        """
+        loss = self.loss_fn(z, targets)
+        theta = self._layout.flat_parameters()
+        params = [p for pair in self._layout.parameters() for p in pair if p is not None]
+        grads = torch.autograd.grad(loss, params, retain_graph=retain_graph)
+        grad_h = self._layout.pack(_pairs(grads, self._layout.has_bias)).add_(theta, alpha=eta)
+        return loss.detach() + 0.5 * eta * (theta @ theta), theta, grad_h
+
+    def _extra_backward(self, z1: Tensor, calls: Sequence[LayerIO], targets: Tensor,
+                        n1: int) -> list[Tensor]:
+        """The output gradients of the ``S_1`` sub-batch for sampled (or data) targets."""
+        z1 = z1.reshape(n1, -1)
+        y = flat_targets(targets, n1) if self.fisher == "empirical" else None
+        vectors = output_vectors(self._dist, z1.detach(), y, self.fisher, self._rng(z1.device))
+        return output_gradients(z1, [c.output() for c in calls], vectors)
+
+    def _factor_estimates(self, calls: Sequence[LayerIO], g: Sequence[Tensor], n1: int):
+        """The batch's factors from ``S_1``: ``(A, G̃)`` and for ``tridiag`` the cross moments."""
+        a_bar = [homogeneous(c.a, b) for c, b in zip(calls, self._layout.has_bias, strict=True)]
+        A, G = input_factors(a_bar), gradient_factors(g, n1)
+        if self.approx == "tridiag":
+            return (A, G, *cross_factors(a_bar, g, n1))
+        return (A, G)
+
+    def _proposals(self, ops: Sequence[kronlin.LinearOperator], grad_h: Tensor) -> list[Tensor]:
+        r""":math:`\Delta_\gamma = -\tilde F_\gamma^{-1}\nabla h` for each candidate's operator."""
+        return [-(op @ grad_h) for op in ops]
+
+    def _operators(self, candidates: list[float], kappa: float, refresh: bool):
+        """The damped inverse for each candidate γ: ``(ops, kept γ, blocks)``.
+
+        Candidates whose damped factors cannot be factored are dropped; ``ops`` is ``None``
+        if the refresh failed. ``blocks`` holds, for ``tridiag``, each operator's blocks.
+        """
+        if not refresh:
+            return [self._inverse], [self._gamma], None
+        stats = self._stats
+        G = [kappa * g for g in stats.G]
+        pis = pi_scales(stats.A, G, self.pi)
+        try:
+            if self.approx == "blockdiag":
+                return (*blockdiag_inverses(stats.A, G, pis, candidates), None)
+            G_cross = [kappa * g for g in stats.G_cross]
+            ops, kept, blocks, error = [], [], [], None
+            for gamma in candidates:
+                try:
+                    b = tridiag_blocks(stats.A, G, stats.A_cross, G_cross, pis, gamma)
+                    ops.append(tridiag_inverse(*b))
+                except FactorError as err:
+                    error = err
+                    continue
+                kept.append(gamma)
+                blocks.append(b)
+            if not ops:
+                raise error
+            return ops, kept, blocks
+        except FactorError as err:
+            if self._inverse is None:
+                raise FactorError(
+                    f"step {self._k}: cannot build the first K-FAC inverse ({err}); give a "
+                    f"larger damping"
+                ) from err
+            warnings.warn(f"step {self._k}: inverse refresh skipped, keeping the last good "
+                          f"inverses ({err})", KFACWarning, stacklevel=3)
+            return None, None, None
+
+    def _quadratic_model(self, deltas, delta0, grad_h, calls, inputs2, z, m, damping, eta,
+                         fixed):
+        """Pick the candidate and ``(α, μ)`` minimizing ``M``; ``None`` if non-finite.
+
+        Returns ``(index, α, μ, M(δ)−M(0), M_ρ(δ)−M_ρ(0))`` where ``M_ρ`` drops λ unless
+        ``rho_includes_damping``.
+        """
+        vectors = deltas + ([delta0] if delta0 is not None else [])
+        K = len(vectors)
+        V = torch.stack(vectors)
+        JF = self._fisher_gram(V, calls, inputs2, z, m)
+        W = torch.cat([V, grad_h[None]])
+        host = torch.cat([JF.reshape(-1), (W @ W.T).reshape(-1)]).double().cpu().numpy()
+        JF, P = host[: K * K].reshape(K, K), host[K * K:].reshape(K + 1, K + 1)
+        if not np.isfinite(host).all():
+            return None
+        rho_damping = damping if self.rho_includes_damping else eta
+        best = None
+        for j in range(len(deltas)):
+            idx = [j, K - 1] if delta0 is not None else [j]
+            A, A_rho, c = np.zeros((2, 2)), np.zeros((2, 2)), np.zeros(2)
+            sub = np.ix_(idx, idx)
+            r = len(idx)
+            A[:r, :r] = JF[sub] + damping * P[sub]
+            A_rho[:r, :r] = JF[sub] + rho_damping * P[sub]
+            c[:r] = P[idx, K]
+            x = solve_coefficients(A, c, (fixed[0], 0.0 if delta0 is None else fixed[1]))
+            change = model_change(A, c, x)
+            if best is None or change < best[3]:
+                best = (j, x[0], x[1], change, model_change(A_rho, c, x))
+        if not all(math.isfinite(v) for v in best[1:3]):
+            return None
+        return best
+
+    def _fisher_gram(self, V: Tensor, calls: Sequence[LayerIO], inputs2: Tensor, z: Tensor,
+                     m: int) -> Tensor:
+        r""":math:`[u_k^\top F u_l]` for the rows ``u_k`` of ``V``, F on the first ``n₂`` cases."""
+        n2 = inputs2.shape[0]
+        calls = [c.first_rows(n2) for c in calls]
+        Jt = cached_output_jvps(self.model, self._layers, calls, inputs2,
+                                self._layout.unstack(V))
+        gram = self._dist.fisher_gram(z[:n2].detach().reshape(n2, -1), Jt)
+        # F of the objective on S': s Σ_{n∈S'} ≈ s (m/n₂) Σ_{n∈S₂}
+        return gram * (self._dist.scale(m, z[:1].numel()) * m / n2)
+
+    def _objective(self, inputs: Tensor, targets: Tensor, theta: Tensor, eta: float) -> float:
+        """:math:`h` at the flat parameters ``theta`` on the whole batch (one forward pass)."""
+        with torch.no_grad():
+            params = self._layout.named_tensors(theta, self._names)
+            z = functional_call(self.model, params, (inputs,))
+            return float(self.loss_fn(z, targets) + 0.5 * eta * (theta @ theta))
+
+    def _apply(self, delta: Tensor, new_theta: Tensor | None) -> None:
+        """``θ ← θ + δ`` (copying ``new_theta`` when it was already computed for ρ)."""
+        if new_theta is None:
+            self._layout.add_(delta)
+            return
+        with torch.no_grad():
+            for (W, b), (nW, nb) in zip(self._layout.parameters(), self._layout.unpack(new_theta),
+                                        strict=True):
+                W.copy_(nW)
+                if b is not None:
+                    b.copy_(nb)
+
+    def _adopt_inverse(self, op: kronlin.LinearOperator, blocks: tuple | None) -> None:
+        """Keep ``op`` as the current inverse, with the data to rebuild it on resume.
+
+        Block-diagonal: the Kronecker factors of the inverse; block-tridiagonal: the blocks
+        ``(diag, offdiag)`` it was built from (rebuilding is deterministic).
+        """
+        self._inverse = op
+        if self.approx == "blockdiag":
+            self._inverse_data = {"factors": [list(b.factors) for b in op.blocks]}
+        else:
+            # copies: the cross moments in the blocks are the live (moving-average) statistics
+            self._inverse_data = _cloned({"diag": [list(p) for p in blocks[0]],
+                                          "offdiag": [list(p) for p in blocks[1]]})
+
+    def _reject(self, h_value: float, *, counted: bool = False, refreshed: bool = False,
+                rho: float = math.nan, raise_lambda: bool = True) -> dict[str, Any]:
+        """Leave θ unchanged, raise λ, and report a rejected step."""
+        self._rejected += 1
+        lam = self._lambda
+        if raise_lambda and lam is not None:
+            self._lambda = levenberg_marquardt(lam, math.nan, lm_decay(self.damping_every),
+                                               self.damping_bounds)
+        warnings.warn(
+            f"step {self._k + (not counted)}: non-finite loss, gradient or update; step rejected, "
+            f"lambda raised to {self._lambda}", KFACWarning, stacklevel=3)
+        return {"loss": h_value, "lambda": lam, "gamma": self._gamma, "alpha": math.nan,
+                "mu": math.nan, "rho": rho, "refreshed": refreshed, "accepted": False}
+
+    # -- checkpointing ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume on the same trajectory (tensors are copies).
+
+        Statistics and their count, the current inverse (its Kronecker factors, or for
+        ``tridiag`` the blocks it is rebuilt from), λ, γ, δ₀, the iteration counters, the layer
+        order, the hyperparameters of the param group and the optimizer's RNG state.
+        """
+        return _cloned({
+            "version": _STATE_VERSION,
+            "approx": self.approx,
+            "layer_order": [self._registration[id(m)] for m in self._layers],
+            "ordered": self._ordered,
+            "param_groups": [{key: g[key] for key in ("lr", "momentum", "weight_decay")}
+                             for g in self.param_groups],
+            "k": self._k,
+            "rejected": self._rejected,
+            "lambda": self._lambda,
+            "gamma": self._gamma,
+            "delta0": self._delta0,
+            "statistics": self._stats.state_dict(),
+            "inverse": self._inverse_data,
+            "seed": self._seed,
+            "rng": None if self._generator is None else self._generator.get_state(),
+            "rng_device": None if self._generator is None else str(self._generator.device),
+        })
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of a ``KFAC`` on the same model architecture.
+
+        Raises:
+            ValueError: a state of another version or approximation, or for other layers.
+
+        """
+        state = state_dict
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"state_dict: expected version {_STATE_VERSION}, got "
+                             f"{state.get('version')!r}")
+        if state["approx"] != self.approx:
+            raise ValueError(f"state_dict: saved for approx={state['approx']!r}, this optimizer "
+                             f"has approx={self.approx!r}")
+        layers = sorted(self._layers, key=lambda m: self._registration[id(m)])
+        if sorted(state["layer_order"]) != list(range(len(layers))):
+            raise ValueError(f"state_dict: saved for {len(state['layer_order'])} layers, the model "
+                             f"has {len(layers)}")
+        device = layers[0].weight.device
+        self._layers = [layers[i] for i in state["layer_order"]]
+        self._layout = ParameterLayout(self._layers)
+        self._ordered = state["ordered"]
+        for group, saved in zip(self.param_groups, state["param_groups"], strict=True):
+            group.update(saved)
+        self._k, self._rejected = state["k"], state["rejected"]
+        self._lambda, self._gamma = state["lambda"], state["gamma"]
+        self._delta0 = None if state["delta0"] is None else state["delta0"].to(device).clone()
+        self._stats.load_state_dict(state["statistics"], device)
+        self._inverse_data = _cloned(state["inverse"], device)
+        self._inverse = self._rebuild_inverse(self._inverse_data)
+        self._seed = state["seed"]
+        self._generator = None
+        if state["rng"] is not None:
+            if torch.device(state["rng_device"]).type == device.type:
+                self._generator = torch.Generator(device=device)
+                self._generator.set_state(state["rng"])
+            else:  # CPU and CUDA generator states do not convert into each other
+                warnings.warn(f"state_dict: RNG state saved on {state['rng_device']}, model on "
+                              f"{device}; reseeding, so sampled targets will differ",
+                              KFACWarning, stacklevel=2)
+
+    def _rebuild_inverse(self, data: dict | None) -> kronlin.LinearOperator | None:
+        if data is None:
+            return None
+        if self.approx == "blockdiag":
+            return kronlin.BlockDiag([kronlin.Kron(*f) for f in data["factors"]])
+        return tridiag_inverse(data["diag"], data["offdiag"])
+
+    def _rng(self, device: torch.device) -> torch.Generator:
+        if self._generator is None:
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self._seed)
+        return self._generator
+
+
+def _pairs(grads: Sequence[Tensor], has_bias: Sequence[bool]) -> list[tuple[Tensor, Tensor | None]]:
+    """Regroup a flat list of ``(weight[, bias])`` gradients into per-layer pairs."""
+    out, it = [], iter(grads)
+    for bias in has_bias:
+        W = next(it)
+        out.append((W, next(it) if bias else None))
+    return out
+
+
+def _flatten(nested: Sequence[Sequence[Tensor]]) -> list[Tensor]:
+    return [t for group in nested for t in group]
+
+
+def _cloned(obj: Any, device: torch.device | None = None) -> Any:
+    """A copy of nested dicts/lists/tuples with every tensor cloned (and moved to ``device``)."""
+    if isinstance(obj, Tensor):
+        return obj.detach().to(device).clone()
+    if isinstance(obj, dict):
+        return {key: _cloned(value, device) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_cloned(value, device) for value in obj)
+    return obj
+
+
+def _validate(**config: Any) -> None:
+    """Check the constructor's configuration; each error names the keyword."""
+    def fail(name: str, expected: str) -> None:
+        raise ValueError(f"{name}: expected {expected}, got {config[name]!r}")
+
+    if config["approx"] not in APPROXIMATIONS:
+        fail("approx", f"one of {APPROXIMATIONS}")
+    check_fisher(config["fisher"])
+    if config["pi"] not in PI_KINDS:
+        fail("pi", f"one of {PI_KINDS}")
+    lr, momentum = config["lr"], config["momentum"]
+    if lr is not None and not (isinstance(lr, int | float) and lr > 0):
+        fail("lr", "None or a positive float")
+    if not isinstance(momentum, bool | int | float):
+        fail("momentum", "True, False or a float")
+    if config["damping"] is not None and not config["damping"] >= 0:
+        fail("damping", "None or a float >= 0")
+    if not config["weight_decay"] >= 0:
+        fail("weight_decay", "a float >= 0")
+    for name in ("inverse_every", "damping_every", "gamma_every"):
+        if not (isinstance(config[name], int) and config[name] >= 1):
+            fail(name, "an integer >= 1")
+    if config["gamma_every"] % config["inverse_every"]:
+        raise ValueError(
+            f"gamma_every: expected a multiple of inverse_every={config['inverse_every']} (each γ "
+            f"candidate needs fresh inverses), got {config['gamma_every']}"
+        )
+    for name in ("stats_fraction", "quad_fraction"):
+        if not 0 < config[name] <= 1:
+            fail(name, "a fraction in (0, 1]")
+    for name in ("damping_bounds", "gamma_bounds"):
+        bounds = config[name]
+        if bounds is not None and not (len(bounds) == 2 and 0 <= bounds[0] <= bounds[1]):
+            fail(name, "a pair (low, high) with 0 <= low <= high")

@@ -1,0 +1,184 @@
+r"""The exact-Fisher quadratic model that rescales K-FAC's proposals (paper §6.4, §7; spec §3.3–§4).
+
+.. math::
+    M(\delta) - M(0) = \tfrac12 \delta^\top (F + (\lambda + \eta) I)\delta + \nabla h^\top \delta,
+    \qquad \delta = \alpha\Delta + \mu\delta_0,
+
+with ``F`` the exact Fisher (= GGN) of the objective on the current batch. Only scalars
+:math:`u^\top F v` are needed, and with :math:`F = s\sum_n J_n^\top F_{R,n} J_n` each is a sum
+over cases of :math:`(J_n u)^\top F_{R,n} (J_n v)`: forward-mode products :math:`J u`, no
+backward pass (arXiv App. C; "roughly half" the cost of a Gauss–Newton–vector product).
+
+- :func:`output_jvps`: :math:`Ju` for several ``u`` with ``torch.func.jvp`` (stateless; the
+  reference path).
+- :func:`cached_output_jvps`: the same from the training forward pass's recorded layer
+  inputs and outputs, so no layer GEMM of the primal pass is recomputed (the optimizer's path).
+- :func:`solve_coefficients`, :func:`model_change`, :func:`reduction_ratio`: the 2×2 solve for
+  :math:`(\alpha, \mu)`, :math:`M(\delta) - M(0)` and the LM ratio :math:`\rho`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor, nn
+from torch.func import functional_call, jvp, vmap
+
+from .capture import LayerIO
+
+__all__ = [
+    "cached_output_jvps",
+    "model_change",
+    "output_jvps",
+    "reduction_ratio",
+    "solve_coefficients",
+]
+
+
+def output_jvps(model: nn.Module, inputs: Tensor, tangents: Mapping[str, Tensor]) -> Tensor:
+    """:math:`J u_k` for ``K`` tangents with ``torch.func.jvp`` (one batched forward-mode pass).
+
+    Args:
+        model: the network.
+        inputs: ``n`` cases.
+        tangents: parameter name → tangent stack of shape ``(K, *param.shape)``; parameters
+            not named have zero tangent.
+
+    Returns:
+        Output tangents, shape ``(K, n, D)`` with ``D`` the flattened output size.
+
+    """
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    names = list(tangents)
+
+    def f(*values: Tensor) -> Tensor:
+        return functional_call(model, {**params, **dict(zip(names, values, strict=True))},
+                               (inputs,))
+
+    def one(*tans: Tensor) -> Tensor:
+        return jvp(f, tuple(params[n] for n in names), tans)[1]
+
+    out = vmap(one)(*(tangents[n] for n in names))
+    return out.reshape(out.shape[0], inputs.shape[0], -1)
+
+
+def cached_output_jvps(
+    model: nn.Module,
+    layers: Sequence[nn.Linear],
+    calls: Sequence[LayerIO],
+    inputs: Tensor,
+    tangents: Sequence[Tensor],
+) -> Tensor:
+    r""":math:`J u_k` for ``K`` tangents, reusing the recorded layer outputs of the forward pass.
+
+    The model runs once more in forward-mode AD on the inputs repeated ``K`` times (rows
+    ordered case-major: case ``n``, tangent ``k`` at row ``nK + k``), with each supported layer
+    replaced by a function that returns its *recorded* output as the primal and
+    :math:`\dot s = \dot W a + \dot b + W \dot a` as the tangent: two GEMMs per layer, and no
+    GEMM of the primal pass. The rest of the model (activations, …) is re-evaluated, which
+    is cheap elementwise work. Parameters must be unchanged since the recording.
+
+    Args:
+        model: the network.
+        layers: its supported layers; layer ``i`` is ``calls[j]`` with ``calls[j].layer == i``.
+        calls: the records of the forward pass on ``inputs``.
+        inputs: the ``n`` cases the records were made on.
+        tangents: per layer, the tangent matrices :math:`[\dot W \mid \dot b]`, shape
+            ``(K, d_out, d_in + 1)`` (``(K, d_out, d_in)`` without bias).
+
+    Returns:
+        Output tangents, shape ``(K, n, D)`` (a transposed view).
+
+    """
+    K, n = tangents[0].shape[0], inputs.shape[0]
+    records = {c.layer: c for c in calls}
+    saved = [layer.__dict__.get("forward") for layer in layers]
+    with fwAD.dual_level():
+        try:
+            for i, layer in enumerate(layers):
+                layer.forward = _tangent_forward(layer, records[i], tangents[i])
+            out = model(_repeat_rows(inputs, K))
+        finally:
+            for layer, forward in zip(layers, saved, strict=True):
+                if forward is None:
+                    layer.__dict__.pop("forward", None)  # back to the class's forward
+                else:
+                    layer.forward = forward
+        tangent = fwAD.unpack_dual(out).tangent
+    return tangent.reshape(n, K, -1).transpose(0, 1)
+
+
+def _tangent_forward(layer: nn.Linear, record: LayerIO, tangent: Tensor):
+    a, s = record.a, record.output().detach()
+    K, d_out = tangent.shape[0], tangent.shape[1]
+    flat = tangent.reshape(K * d_out, tangent.shape[2])  # row k·d_out + j: unit j of tangent k
+    W = layer.weight.detach()
+
+    def forward(x: Tensor) -> Tensor:
+        if layer.bias is None:
+            t = a @ flat.T
+        else:  # Ẇ a + ḃ for all K tangents in one GEMM: (n, K·d_out)
+            t = torch.addmm(flat[:, -1], a, flat[:, :-1].T)
+        t = t.view(-1, d_out)  # rows (case, tangent), matching the repeated inputs
+        x_tangent = fwAD.unpack_dual(x).tangent
+        if x_tangent is not None:  # W ȧ (absent for the first layer: inputs are constants)
+            t = torch.addmm(t, x_tangent, W.T)
+        return fwAD.make_dual(_repeat_rows(s, K), t)
+
+    return forward
+
+
+def _repeat_rows(x: Tensor, K: int) -> Tensor:
+    """Each row of ``x`` ``K`` times in a row (``repeat_interleave`` without its host sync)."""
+    return x.unsqueeze(1).expand(x.shape[0], K, *x.shape[1:]).reshape(-1, *x.shape[1:])
+
+
+def solve_coefficients(
+    A: np.ndarray, c: np.ndarray, fixed: Sequence[float | None] = (None, None)
+) -> np.ndarray:
+    r"""Minimize :math:`\tfrac12 x^\top A x + c^\top x` over the free entries of :math:`x = (\alpha, \mu)`.
+
+    With both free this is the 2×2 system of arXiv §7, :math:`x^* = -A^{-1}c`; with ``μ``
+    fixed at 0 (first step, or no momentum) it is :math:`\alpha^* = -c_1/A_{11}` (arXiv §6.4).
+    Singular systems (e.g. :math:`\delta_0 = 0`) are solved by pseudo-inverse, as the authors'
+    code does, which leaves the coefficient of a zero vector at 0.
+
+    Args:
+        A: the 2×2 matrix :math:`[u_i^\top (F + (\lambda+\eta) I) u_j]` for :math:`u = (\Delta, \delta_0)`.
+        c: :math:`(\nabla h^\top \Delta, \nabla h^\top \delta_0)`.
+        fixed: per coefficient, a fixed value or ``None`` (free).
+
+    Returns:
+        ``x = (α, μ)`` as float64.
+
+    """
+    x = np.array([0.0 if f is None else f for f in fixed], dtype=np.float64)
+    free = np.array([f is None for f in fixed])
+    if free.any():
+        rhs = -(c[free] + A[np.ix_(free, ~free)] @ x[~free])
+        x[free] = np.linalg.pinv(A[np.ix_(free, free)]) @ rhs
+    return x
+
+
+def model_change(A: np.ndarray, c: np.ndarray, x: np.ndarray) -> float:
+    r""":math:`M(\delta) - M(0) = \tfrac12 x^\top A x + c^\top x` (½cᵀx at the optimum)."""
+    return float(0.5 * x @ A @ x + c @ x)
+
+
+def reduction_ratio(h_new: float, h_old: float, predicted: float) -> float:
+    r""":math:`\rho = (h(\theta+\delta) - h(\theta)) / (M(\delta) - M(0))` (arXiv §6.5).
+
+    As in the authors' code, an increase of ``h`` gives :math:`\rho = -\infty` (λ then grows),
+    and a non-finite ``h(θ+δ)`` gives NaN (λ grows too).
+    """
+    if not math.isfinite(h_new):
+        return math.nan
+    if h_new > h_old:
+        return -math.inf
+    if predicted == 0:
+        return math.nan
+    return (h_new - h_old) / predicted

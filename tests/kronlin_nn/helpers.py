@@ -1,0 +1,124 @@
+"""Dense oracles for K-FAC tests: Jacobians, the exact GGN JᵀF_RJ, tiny networks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev
+
+LOSS_CLASSES = {"mse": nn.MSELoss, "bce": nn.BCEWithLogitsLoss, "ce": nn.CrossEntropyLoss}
+
+
+def tiny_mlp(sizes, act=nn.Tanh, bias=True, seed=0, dtype=torch.float64) -> nn.Sequential:
+    torch.manual_seed(seed)
+    mods = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        mods.append(nn.Linear(a, b, bias=bias if isinstance(bias, bool) else bias[i]))
+        if i < len(sizes) - 2:
+            mods.append(act())
+    return nn.Sequential(*mods).to(dtype)
+
+
+def data(kind, n, d_in, d_out, seed=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d_in, generator=g, dtype=dtype)
+    if kind == "mse":
+        y = torch.randn(n, d_out, generator=g, dtype=dtype)
+    elif kind == "bce":
+        y = torch.rand(n, d_out, generator=g, dtype=dtype).round()
+    else:
+        y = torch.randint(0, d_out, (n,), generator=g)
+    return x, y
+
+
+def linears(model):
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def layer_matrix(m: nn.Linear) -> torch.Tensor:
+    """[W | b] of shape (d_out, d_in + 1) (or W without bias)."""
+    if m.bias is None:
+        return m.weight.detach()
+    return torch.cat([m.weight.detach(), m.bias.detach()[:, None]], 1)
+
+
+def flat_params(model) -> torch.Tensor:
+    return torch.cat([layer_matrix(m).reshape(-1) for m in linears(model)])
+
+
+def _param_dict(model, flat):
+    params, offset = {}, 0
+    names = {id(p): n for n, p in model.named_parameters()}
+    for m in linears(model):
+        rows, cols = m.weight.shape[0], m.weight.shape[1] + (m.bias is not None)
+        M = flat[offset:offset + rows * cols].reshape(rows, cols)
+        offset += rows * cols
+        params[names[id(m.weight)]] = M[:, : m.weight.shape[1]]
+        if m.bias is not None:
+            params[names[id(m.bias)]] = M[:, -1]
+    return params
+
+
+def output_jacobian(model, x) -> torch.Tensor:
+    """J[n, j, p] = ∂z_{n,j}/∂θ_p with θ the row-major [W|b] layout; shape (n, D, P)."""
+    def f(flat):
+        return functional_call(model, _param_dict(model, flat), (x,)).reshape(x.shape[0], -1)
+
+    return jacrev(f)(flat_params(model))
+
+
+def output_fisher(kind, z) -> torch.Tensor:
+    """F_R per case, shape (n, D, D)."""
+    D = z.shape[1]
+    if kind == "mse":
+        return 2 * torch.eye(D, dtype=z.dtype).expand(z.shape[0], D, D)
+    if kind == "bce":
+        p = torch.sigmoid(z)
+        return torch.diag_embed(p * (1 - p))
+    p = torch.softmax(z, 1)
+    return torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+
+
+def reduction_scale(kind, reduction, n, D):
+    if reduction == "sum":
+        return 1.0
+    return 1.0 / n if kind == "ce" else 1.0 / (n * D)
+
+
+def dense_ggn(model, kind, reduction, x) -> torch.Tensor:
+    """The exact GGN (= Fisher) s Σ_n J_nᵀ F_R J_n of the objective, (P, P)."""
+    with torch.no_grad():
+        z = model(x).reshape(x.shape[0], -1)
+    J = output_jacobian(model, x)
+    s = reduction_scale(kind, reduction, x.shape[0], z.shape[1])
+    return s * torch.einsum("nip,nij,njq->pq", J, output_fisher(kind, z), J)
+
+
+def layer_slices(model):
+    out, offset = [], 0
+    for m in linears(model):
+        size = m.weight.shape[0] * (m.weight.shape[1] + (m.bias is not None))
+        out.append(slice(offset, offset + size))
+        offset += size
+    return out
+
+
+def output_grad_jacobians(model, x):
+    """Per layer i, ∂z/∂s_i per case: list of (n, D, d_out_i) (via zero perturbations of s_i)."""
+    layers = linears(model)
+
+    def f(perturbations):
+        handles = [
+            m.register_forward_hook(lambda mod, args, out, e=e: out + e)
+            for m, e in zip(layers, perturbations, strict=True)
+        ]
+        try:
+            return model(x).reshape(x.shape[0], -1)
+        finally:
+            for h in handles:
+                h.remove()
+
+    zeros = tuple(torch.zeros(x.shape[0], m.out_features, dtype=x.dtype) for m in layers)
+    jac = jacrev(f)(zeros)  # tuple of (n, D, n, d_i)
+    idx = torch.arange(x.shape[0])
+    return [J[idx, :, idx, :] for J in jac]

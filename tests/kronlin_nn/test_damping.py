@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+
+from kronlin_nn.damping import (
+    gamma_candidates,
+    gamma_decay,
+    initial_damping,
+    levenberg_marquardt,
+    lm_decay,
+    pi_scales,
+)
+
+
+def _spd(d, seed):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(d, 2 * d, generator=g, dtype=torch.float64)
+    return X @ X.T / d
+
+
+def test_decays_follow_the_paper():
+    assert math.isclose(lm_decay(5), (19 / 20) ** 5)
+    assert math.isclose(gamma_decay(20), math.sqrt(19 / 20) ** 20)
+
+
+def test_pi_trace_and_frobenius():
+    A, G = _spd(4, 0), _spd(3, 1)
+    (pi_t,) = pi_scales([A], [G], "trace")
+    assert math.isclose(pi_t.item(), math.sqrt((A.trace() / 4) / (G.trace() / 3)))
+    (pi_f,) = pi_scales([A], [G], "frobenius")
+    expected = math.sqrt((torch.linalg.norm(A) / 2) / (torch.linalg.norm(G) / math.sqrt(3)))
+    assert math.isclose(pi_f.item(), expected)
+    (pi_1,) = pi_scales([A], [G], "one")
+    assert pi_1.item() == 1.0
+
+
+def test_pi_minimises_the_residual_bound():
+    """π balances ‖Ā⊗I‖ and ‖I⊗G‖ (trace norm): both residual terms then have equal norm."""
+    A, G = _spd(4, 0), _spd(3, 1)
+    (pi,) = pi_scales([A], [G])
+    c = 0.3
+    left = c * pi * torch.kron(G, torch.eye(4, dtype=A.dtype))  # row-major: G ⊗ πcI
+    right = (c / pi) * torch.kron(torch.eye(3, dtype=A.dtype), A)
+    assert math.isclose(torch.trace(left).item(), torch.trace(right).item())
+
+
+def test_pi_falls_back_to_one_for_zero_factors():
+    A = torch.zeros(3, 3)
+    (pi,) = pi_scales([A], [torch.eye(2)])
+    assert pi.item() == 1.0
+    with pytest.raises(ValueError, match="pi"):
+        pi_scales([A], [A], "nuclear")
+
+
+def test_levenberg_marquardt_rule():
+    w = lm_decay(5)
+    assert levenberg_marquardt(1.0, 0.9, w) == w
+    assert levenberg_marquardt(1.0, 0.1, w) == 1 / w
+    assert levenberg_marquardt(1.0, -math.inf, w) == 1 / w
+    assert levenberg_marquardt(1.0, math.nan, w) == 1 / w
+    assert levenberg_marquardt(1.0, 0.5, w) == 1.0
+    assert levenberg_marquardt(1.0, 0.9, w, bounds=(0.9, 2.0)) == 0.9
+
+
+def test_gamma_candidates_are_clamped_and_deduplicated():
+    w = gamma_decay(20)
+    assert gamma_candidates(1.0, w, (0.0, math.inf)) == [w, 1.0, 1 / w]
+    assert gamma_candidates(12.25, w, (0.1, 1.0)) == [1.0]  # the authors' cap fights γ₀ = 12.25
+    assert gamma_candidates(0.1, w, (0.1, 1.0)) == [0.1, 0.1 / w]
+
+
+def test_initial_damping_is_the_largest_kfac_eigenvalue():
+    A, G = [_spd(4, 0), _spd(5, 2)], [_spd(3, 1), 0.01 * _spd(2, 3)]
+    expected = max(torch.linalg.eigvalsh(a)[-1] * torch.linalg.eigvalsh(g)[-1]
+                   for a, g in zip(A, G, strict=True)).item()
+    assert math.isclose(initial_damping(A, G), expected, rel_tol=1e-3)
+    assert initial_damping([torch.zeros(2, 2)], [torch.zeros(2, 2)]) == 1.0

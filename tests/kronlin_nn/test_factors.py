@@ -1,0 +1,154 @@
+import pytest
+import torch
+from torch import nn
+
+from kronlin_nn import kfac_factors
+from kronlin_nn.capture import homogeneous
+
+from .helpers import (
+    LOSS_CLASSES,
+    data,
+    dense_ggn,
+    layer_slices,
+    linears,
+    output_fisher,
+    output_grad_jacobians,
+    reduction_scale,
+    tiny_mlp,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads add only synchronisation (10x slower on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+SIZES = [3, 4, 5, 3]
+
+
+@pytest.mark.parametrize("kind", ["mse", "bce", "ce"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_single_input_exact_factors_equal_exact_ggn_blocks(kind, reduction, bias):
+    model = tiny_mlp(SIZES, bias=bias)
+    loss_fn = LOSS_CLASSES[kind](reduction=reduction)
+    x, y = data(kind, 1, SIZES[0], SIZES[-1])
+    factors = kfac_factors(model, loss_fn, x, y, fisher="exact")
+    ggn = dense_ggn(model, kind, reduction, x)
+    for m, sl in zip(linears(model), layer_slices(model), strict=True):
+        A, G = factors[m]
+        assert A.shape[0] == m.in_features + bias
+        torch.testing.assert_close(torch.kron(G, A), ggn[sl, sl], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["mse", "bce", "ce"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_several_inputs_exact_factors_are_the_kronecker_factored_expectation(kind, reduction):
+    model = tiny_mlp(SIZES)
+    loss_fn = LOSS_CLASSES[kind](reduction=reduction)
+    n = 6
+    x, y = data(kind, n, SIZES[0], SIZES[-1])
+    factors = kfac_factors(model, loss_fn, x, y, fisher="exact")
+    with torch.no_grad():
+        z = model(x)
+    s = reduction_scale(kind, reduction, n, z.shape[1])
+    F_R = output_fisher(kind, z)
+    inputs = _layer_inputs(model, x)
+    for m, a, Js in zip(linears(model), inputs, output_grad_jacobians(model, x), strict=True):
+        a_bar = homogeneous(a, True)
+        A, G = factors[m]
+        torch.testing.assert_close(A, a_bar.T @ a_bar / n)
+        torch.testing.assert_close(G, s * torch.einsum("nia,nij,njb->ab", Js, F_R, Js))
+
+
+@pytest.mark.parametrize("kind", ["mse", "bce", "ce"])
+def test_monte_carlo_factors_converge_to_exact(kind):
+    model = tiny_mlp(SIZES)
+    loss_fn = LOSS_CLASSES[kind]()
+    x, y = data(kind, 3, SIZES[0], SIZES[-1])
+    exact = kfac_factors(model, loss_fn, x, y, fisher="exact")
+    errors = []
+    for reps in (10, 4000):
+        gen = torch.Generator().manual_seed(0)
+        y_rep = y.repeat(reps, *([1] * (y.ndim - 1)))
+        mc = kfac_factors(model, loss_fn, x.repeat(reps, 1), y_rep, fisher="mc", generator=gen)
+        errors.append(max(
+            (torch.linalg.norm(mc[m][1] - exact[m][1]) / torch.linalg.norm(exact[m][1])).item()
+            for m in linears(model)
+        ))
+        for m in linears(model):  # A needs no sampling
+            torch.testing.assert_close(mc[m][0], exact[m][0])
+    assert errors[1] < 0.06
+    assert errors[1] < errors[0] / 5
+
+
+@pytest.mark.parametrize("kind", ["mse", "bce", "ce"])
+def test_empirical_factors_use_data_gradients(kind):
+    model = tiny_mlp(SIZES)
+    loss_fn = LOSS_CLASSES[kind](reduction="sum")
+    n = 5
+    x, y = data(kind, n, SIZES[0], SIZES[-1])
+    factors = kfac_factors(model, loss_fn, x, y, fisher="empirical")
+    per_case = _per_case_output_gradients(model, loss_fn, x, y)
+    for m, g in zip(linears(model), per_case, strict=True):
+        # sum reduction: κ = N, G = κ/N Σ g gᵀ = Σ g gᵀ
+        torch.testing.assert_close(factors[m][1], g.T @ g)
+
+
+def test_parameters_and_grads_untouched():
+    model = tiny_mlp(SIZES)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = data("mse", 4, SIZES[0], SIZES[-1])
+    kfac_factors(model, nn.MSELoss(), x, y)
+    for p, q in zip(model.parameters(), before, strict=True):
+        assert p.grad is None
+        assert torch.equal(p, q)
+
+
+def test_mc_is_reproducible_with_a_generator():
+    model = tiny_mlp(SIZES)
+    x, y = data("ce", 8, SIZES[0], SIZES[-1])
+    f1 = kfac_factors(model, nn.CrossEntropyLoss(), x, y, generator=torch.Generator().manual_seed(3))
+    f2 = kfac_factors(model, nn.CrossEntropyLoss(), x, y, generator=torch.Generator().manual_seed(3))
+    for m in linears(model):
+        assert torch.equal(f1[m][1], f2[m][1])
+
+
+def test_errors_name_the_problem():
+    x, y = data("mse", 4, 3, 3)
+    shared = nn.Linear(3, 3).double()
+    with pytest.raises(ValueError, match="exactly once"):
+        kfac_factors(nn.Sequential(shared, nn.Tanh(), shared), nn.MSELoss(), x, y)
+    with pytest.raises(ValueError, match="inputs of shape"):
+        kfac_factors(nn.Linear(3, 3).double(), nn.MSELoss(), x[:, None, :], y[:, None, :])
+    with pytest.raises(ValueError, match="trainable parameter"):
+        kfac_factors(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)).double(), nn.MSELoss(), x, y)
+    with pytest.raises(ValueError, match="fisher"):
+        kfac_factors(nn.Linear(3, 3).double(), nn.MSELoss(), x, y, fisher="true")
+
+
+def _layer_inputs(model, x):
+    inputs = []
+    handles = [m.register_forward_hook(lambda mod, args, out: inputs.append(args[0].detach()))
+               for m in linears(model)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return inputs
+
+
+def _per_case_output_gradients(model, loss_fn, x, y):
+    """∂ℓ_n/∂s_i per case via autograd on zero perturbations of every layer output."""
+    layers = linears(model)
+    es = [torch.zeros(x.shape[0], m.out_features, dtype=x.dtype, requires_grad=True)
+          for m in layers]
+    handles = [m.register_forward_hook(lambda mod, args, out, e=e: out + e)
+               for m, e in zip(layers, es, strict=True)]
+    loss = loss_fn(model(x), y)
+    for h in handles:
+        h.remove()
+    return torch.autograd.grad(loss, es)

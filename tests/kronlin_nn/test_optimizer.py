@@ -1,0 +1,564 @@
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import kronlin_nn.optimizer as optimizer_module
+from kronlin_nn import KFAC, kfac_factors
+from kronlin_nn.curvature import FactorError, KFACWarning
+
+from .helpers import (
+    LOSS_CLASSES,
+    data,
+    dense_ggn,
+    flat_params,
+    linears,
+    reduction_scale,
+    tiny_mlp,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads add only synchronisation (10x slower on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+SIZES = [3, 4, 5, 3]
+
+
+# -- the first steps against a dense re-implementation ---------------------------------------
+def _set_flat(model, flat):
+    offset = 0
+    with torch.no_grad():
+        for m in linears(model):
+            rows, cols = m.weight.shape[0], m.weight.shape[1] + (m.bias is not None)
+            M = flat[offset:offset + rows * cols].reshape(rows, cols)
+            offset += rows * cols
+            m.weight.copy_(M[:, : m.weight.shape[1]])
+            if m.bias is not None:
+                m.bias.copy_(M[:, -1])
+
+
+def _flat_grad(model, loss_fn, x, y, eta):
+    model.zero_grad()
+    loss_fn(model(x), y).backward()
+    grads = []
+    for m in linears(model):
+        parts = [m.weight.grad] + ([m.bias.grad[:, None]] if m.bias is not None else [])
+        grads.append(torch.cat(parts, 1).reshape(-1))
+    model.zero_grad()
+    return torch.cat(grads) + eta * flat_params(model)
+
+
+def _dense_reference(model, kind, reduction, x, y, *, steps, lam, eta, n1, n2):
+    """Block-diagonal K-FAC with exact statistics, fixed λ, γ = √(λ+η), in dense matrices."""
+    loss_fn = LOSS_CLASSES[kind](reduction=reduction)
+    m = x.shape[0]
+    D = model(x[:1]).numel()
+    kappa = reduction_scale(kind, reduction, m, D) * m
+    kappa1 = reduction_scale(kind, reduction, n1, D) * n1
+    stats, delta0, path = None, None, []
+    gamma = math.sqrt(lam + eta)
+    for k in range(1, steps + 1):
+        batch = [(A, G * kappa / kappa1) for A, G in
+                 kfac_factors(model, loss_fn, x[:n1], y[:n1], fisher="exact").values()]
+        eps = min(1 - 1 / k, 0.95)
+        stats = batch if stats is None else [
+            (eps * A0 + (1 - eps) * A1, eps * G0 + (1 - eps) * G1)
+            for (A0, G0), (A1, G1) in zip(stats, batch, strict=True)]
+        pis = [math.sqrt((A.trace() / A.shape[0]) / (G.trace() / G.shape[0])) for A, G in stats]
+        damped = [(G + gamma / pi * torch.eye(G.shape[0], dtype=G.dtype),
+                   A + gamma * pi * torch.eye(A.shape[0], dtype=A.dtype))
+                  for (A, G), pi in zip(stats, pis, strict=True)]
+        F_approx = torch.block_diag(*[torch.kron(G, A) for G, A in damped])
+        grad = _flat_grad(model, loss_fn, x, y, eta)
+        Delta = -torch.linalg.solve(F_approx, grad)
+        F = dense_ggn(model, kind, reduction, x[:n2]) * (
+            reduction_scale(kind, reduction, m, D) * m / n2
+            / reduction_scale(kind, reduction, n2, D))
+        C = F + (lam + eta) * torch.eye(F.shape[0], dtype=F.dtype)
+        if delta0 is None:
+            alpha, mu = (-(grad @ Delta) / (Delta @ C @ Delta)).item(), 0.0
+        else:
+            A2 = torch.stack([torch.stack([Delta @ C @ Delta, Delta @ C @ delta0]),
+                              torch.stack([delta0 @ C @ Delta, delta0 @ C @ delta0])])
+            c2 = torch.stack([grad @ Delta, grad @ delta0])
+            alpha, mu = (-torch.linalg.solve(A2, c2)).tolist()
+        delta = alpha * Delta + (mu * delta0 if delta0 is not None else 0)
+        _set_flat(model, flat_params(model) + delta)
+        delta0 = delta
+        path.append((flat_params(model), alpha, mu))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "reduction", "fractions"),
+    [("ce", "mean", (1.0, 1.0)), ("mse", "sum", (1.0, 1.0)), ("bce", "mean", (0.5, 0.75))],
+)
+def test_first_steps_match_a_dense_reimplementation(kind, reduction, fractions):
+    m = 8
+    x, y = data(kind, m, SIZES[0], SIZES[-1])
+    model = tiny_mlp(SIZES)
+    reference_model = copy.deepcopy(model)
+    lam, eta = 0.3, 1e-3
+    n1, n2 = math.ceil(fractions[0] * m), math.ceil(fractions[1] * m)
+    opt = KFAC(model, LOSS_CLASSES[kind](reduction=reduction), fisher="exact", damping=lam,
+               adapt_damping=False, weight_decay=eta, stats_fraction=fractions[0],
+               quad_fraction=fractions[1])
+    path = _dense_reference(reference_model, kind, reduction, x, y, steps=3, lam=lam, eta=eta,
+                            n1=n1, n2=n2)
+    for theta, alpha, mu in path:
+        stats = opt.step(x, y)
+        assert stats["accepted"] and stats["refreshed"]
+        assert math.isclose(stats["alpha"], alpha, rel_tol=1e-8)
+        assert math.isclose(stats["mu"], mu, rel_tol=1e-8, abs_tol=1e-12)
+        torch.testing.assert_close(flat_params(model), theta, rtol=1e-9, atol=1e-12)
+
+
+# -- Theorem 1: invariance to affine reparameterizations ---------------------------------------
+INV_SIZES = [3, 4, 4, 5]
+
+
+def _net(act, sizes=INV_SIZES):
+    mods = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        mods.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            mods.append(act())
+    return nn.Sequential(*mods).double()
+
+
+def _logistic_twin(tanh_net):
+    """tanh(s) = 2σ(2s) − 1: the logistic net with s' = 2s and the next layer absorbing (2a' − 1)."""
+    twin = _net(nn.Sigmoid)
+    pairs = list(zip(linears(tanh_net), linears(twin), strict=True))
+    with torch.no_grad():
+        for i, (a, b) in enumerate(pairs):
+            scale = 1.0 if i == len(pairs) - 1 else 2.0  # the output layer is not reparameterized
+            if i == 0:
+                b.weight.copy_(scale * a.weight)
+                b.bias.copy_(scale * a.bias)
+            else:
+                b.weight.copy_(scale * 2 * a.weight)
+                b.bias.copy_(scale * (a.bias - a.weight.sum(1)))
+    return twin
+
+
+def _input_twin(net, M, c):
+    """The same net for inputs x† = M x + c: W†₁ = W₁M⁻¹, b†₁ = b₁ − W₁M⁻¹c."""
+    twin = copy.deepcopy(net)
+    first = linears(twin)[0]
+    with torch.no_grad():
+        W = first.weight @ torch.linalg.inv(M)
+        first.bias.sub_(W @ c)
+        first.weight.copy_(W)
+    return twin
+
+
+def _invariance_gap(make_pair, approx, damping, steps=6):
+    torch.manual_seed(0)
+    net, twin, x, x_twin, y = make_pair()
+    kw = dict(approx=approx, lr=0.1, momentum=False, damping=damping, adapt_damping=False,
+              weight_decay=0.0, seed=3, stats_fraction=0.5)
+    opt, opt_twin = KFAC(net, nn.MSELoss(), **kw), KFAC(twin, nn.MSELoss(), **kw)
+    gaps, losses = [], []
+    for _ in range(steps):
+        losses.append(opt.step(x, y)["loss"])
+        opt_twin.step(x_twin, y)
+        with torch.no_grad():
+            gaps.append((net(x) - twin(x_twin)).abs().max().item())
+    assert losses[-1] < losses[0]  # a real optimization path, not a standstill
+    return max(gaps)
+
+
+def _teacher_data(n=256):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(n, INV_SIZES[0], generator=g, dtype=torch.float64)
+    teacher = _net(nn.Tanh)
+    with torch.no_grad():
+        y = teacher(x) + 0.1 * torch.randn(n, INV_SIZES[-1], generator=g, dtype=torch.float64)
+    return x, y
+
+
+def _tanh_logistic_pair():
+    x, y = _teacher_data()
+    net = _net(nn.Tanh)
+    twin = _logistic_twin(net)
+    return net, twin, x, x, y
+
+
+def _affine_input_pair():
+    x, y = _teacher_data()
+    g = torch.Generator().manual_seed(9)
+    M = torch.randn(3, 3, generator=g, dtype=torch.float64) + 2 * torch.eye(3, dtype=torch.float64)
+    c = torch.randn(3, generator=g, dtype=torch.float64)
+    net = _net(nn.Tanh)
+    return net, _input_twin(net, M, c), x, x @ M.T + c, y
+
+
+@pytest.mark.parametrize("approx", ["blockdiag", "tridiag"])
+@pytest.mark.parametrize("pair", [_tanh_logistic_pair, _affine_input_pair],
+                         ids=["tanh-vs-logistic", "affine-inputs"])
+def test_theorem_1_invariance(pair, approx):
+    """Paper §4, Thm 1 / Cor. 2: equivalent nets follow the same path (fixed lr, no momentum).
+
+    The remaining gap is the damping's: it shrinks in proportion to γ = √λ, down to rounding.
+    """
+    tight = _invariance_gap(pair, approx, damping=1e-24)
+    loose = _invariance_gap(pair, approx, damping=1e-16)
+    assert tight < (1e-7 if approx == "blockdiag" else 1e-4)
+    assert tight < loose / 100  # the gap is the damping's effect, vanishing with it
+
+
+def test_plain_sgd_is_not_invariant():
+    """Control: the same comparison under gradient descent shows a large gap."""
+    net, twin, x, _, y = _tanh_logistic_pair()
+    for model in (net, twin):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(6):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    with torch.no_grad():
+        assert (net(x) - twin(x)).abs().max() > 1e-3
+
+
+# -- robustness --------------------------------------------------------------------------------
+def _small_problem(kind="ce", n=32, seed=0):
+    model = tiny_mlp(SIZES, seed=seed)
+    x, y = data(kind, n, SIZES[0], SIZES[-1])
+    return model, LOSS_CLASSES[kind](), x, y
+
+
+def _statistics(opt):
+    return copy.deepcopy(opt.state_dict()["statistics"])
+
+
+def test_non_finite_loss_rejects_the_step():
+    model, loss_fn, x, y = _small_problem()
+    opt = KFAC(model, loss_fn, damping=1.0, seed=0)
+    opt.step(x, y)
+    params, stats, lam = flat_params(model), _statistics(opt), opt.state_dict()["lambda"]
+    bad = x.clone()
+    bad[3, 1] = math.nan
+    with pytest.warns(KFACWarning, match="rejected"):
+        out = opt.step(bad, y)
+    assert not out["accepted"] and math.isnan(out["alpha"])
+    assert torch.equal(flat_params(model), params)  # parameters untouched
+    after = _statistics(opt)
+    assert after["count"] == stats["count"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(after["A"] + after["G"], stats["A"] + stats["G"],
+                                                 strict=True))
+    assert math.isclose(opt.state_dict()["lambda"], lam / 0.95**5)  # λ raised
+    assert opt.iteration == 1
+    assert opt.step(x, y)["accepted"]  # and training goes on
+
+
+def test_infinite_gradient_rejects_the_step():
+    model, loss_fn, x, y = _small_problem("mse")
+    opt = KFAC(model, loss_fn, damping=1.0, seed=0)
+    params = flat_params(model)
+    with pytest.warns(KFACWarning, match="rejected"):
+        assert not opt.step(x, torch.full_like(y, 1e308))["accepted"]
+    assert torch.equal(flat_params(model), params)
+    assert _statistics(opt)["count"] == 0
+
+
+@pytest.mark.parametrize("approx", ["blockdiag", "tridiag"])
+@pytest.mark.parametrize("corruption", ["indefinite", "nan"])
+def test_bad_factors_skip_the_refresh_and_keep_the_last_inverses(approx, corruption):
+    model, loss_fn, x, y = _small_problem()
+    opt = KFAC(model, loss_fn, approx=approx, damping=1e-3, seed=0, adapt_damping=False)
+    for _ in range(3):
+        opt.step(x, y)
+    inverse = opt._inverse
+    A = opt._stats.A[1]
+    if corruption == "nan":
+        A[0, 0] = math.nan
+    else:
+        A.sub_(10 * torch.eye(A.shape[0], dtype=A.dtype) * A.diagonal().max())
+    opt.inverse_every = 4  # step 4 refreshes
+    params = flat_params(model)
+    with pytest.warns(KFACWarning, match="refresh skipped"):
+        out = opt.step(x, y)
+    assert out["accepted"] and not out["refreshed"]
+    assert opt._inverse is inverse
+    assert not torch.equal(flat_params(model), params)
+
+
+def test_first_inverse_failure_raises():
+    model, loss_fn, x, y = _small_problem("mse")
+    opt = KFAC(model, loss_fn, damping=0.0, weight_decay=0.0, adapt_damping=False,
+               stats_fraction=1 / 32, seed=0)  # one case: singular factors, no damping
+    with pytest.raises(FactorError, match="first K-FAC inverse"):
+        opt.step(x, y)
+
+
+def test_non_finite_batch_statistics_are_skipped(monkeypatch):
+    model, loss_fn, x, y = _small_problem()
+    opt = KFAC(model, loss_fn, damping=1.0, seed=0)
+    opt.step(x, y)
+    stats = _statistics(opt)
+    real = optimizer_module.output_vectors
+    monkeypatch.setattr(optimizer_module, "output_vectors",
+                        lambda *a, **k: real(*a, **k) * math.nan)
+    with pytest.warns(KFACWarning, match="non-finite curvature statistics"):
+        assert opt.step(x, y)["accepted"]
+    after = _statistics(opt)
+    assert after["count"] == 1 and torch.equal(after["G"][0], stats["G"][0])
+
+
+def test_non_finite_objective_after_the_update_rejects_it(monkeypatch):
+    model, loss_fn, x, y = _small_problem()
+    opt = KFAC(model, loss_fn, damping=1.0, seed=0, damping_every=1)
+    monkeypatch.setattr(KFAC, "_objective", lambda *a: math.inf)
+    params = flat_params(model)
+    with pytest.warns(KFACWarning, match="rejected"):
+        out = opt.step(x, y)
+    assert not out["accepted"] and math.isnan(out["rho"])
+    assert torch.equal(flat_params(model), params)
+    assert math.isclose(opt.state_dict()["lambda"], 1.0 / 0.95)
+
+
+# -- checkpointing -----------------------------------------------------------------------------
+@pytest.mark.parametrize("approx", ["blockdiag", "tridiag"])
+def test_resumed_run_follows_the_same_trajectory_bit_for_bit(approx):
+    x, y = data("ce", 64, SIZES[0], SIZES[-1])
+
+    def run(model, opt, ks):
+        out = []
+        for k in ks:
+            rows = torch.arange(16 * (k % 4), 16 * (k % 4) + 16)  # a different batch each step
+            out.append(opt.step(x[rows], y[rows]))
+        return out
+
+    model = tiny_mlp(SIZES)
+    opt = KFAC(model, nn.CrossEntropyLoss(), approx=approx, seed=1, stats_fraction=0.5)
+    run(model, opt, range(1, 16))
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), opt.state_dict()
+    reference = run(model, opt, range(16, 26))  # covers a refresh, the γ search and ρ steps
+    assert any(s["refreshed"] for s in reference) and any(s["rho"] == s["rho"] for s in reference)
+
+    resumed = tiny_mlp(SIZES, seed=99)
+    resumed.load_state_dict(saved_model)
+    opt2 = KFAC(resumed, nn.CrossEntropyLoss(), approx=approx, seed=123, stats_fraction=0.5)
+    opt2.load_state_dict(saved_opt)
+    again = run(resumed, opt2, range(16, 26))
+    assert again == reference
+    for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_load_state_dict_rejects_mismatches():
+    model, loss_fn, x, y = _small_problem()
+    opt = KFAC(model, loss_fn)
+    state = opt.state_dict()
+    with pytest.raises(ValueError, match="approx"):
+        KFAC(model, loss_fn, approx="tridiag").load_state_dict(state)
+    with pytest.raises(ValueError, match="layers"):
+        KFAC(tiny_mlp([3, 4, 3]), loss_fn).load_state_dict(state)
+
+
+# -- a hand-checked λ/γ trajectory --------------------------------------------------------------
+def test_lambda_and_gamma_trajectory_on_linear_least_squares():
+    """Linear least squares: h is exactly quadratic and F̆ = F (one layer, exact statistics).
+
+    Then the λ-inclusive quadratic model gives ρ = 1 + λ‖δ‖²/(−∇hᵀδ) > 3/4 at every T₁ = 5,
+    so λ shrinks by ω₁ = 0.95⁵ each time; at k = T₂ = 20 the γ search keeps the candidate of
+    lowest M(δ), which we recompute densely. λ₀ = 10⁴ sits inside the spectrum of F, so the
+    problem is far from solved after 20 steps and ρ is not rounding noise.
+    """
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g, dtype=torch.float64) @ torch.diag(
+        torch.logspace(0, 2, 8, dtype=torch.float64))
+    y = torch.randn(64, 5, generator=g, dtype=torch.float64)
+    model = nn.Linear(8, 5).double()
+    opt = KFAC(model, nn.MSELoss(reduction="sum"), fisher="exact", stats_fraction=1.0,
+               damping=1e4, weight_decay=0.0)
+    lambdas, gammas = [], []
+    for k in range(1, 21):
+        if k == 20:
+            before = (copy.deepcopy(model), opt.state_dict()["delta0"])
+        out = opt.step(x, y)
+        lambdas.append(out["lambda"])
+        gammas.append(out["gamma"])
+        if k % 5 == 0:
+            assert out["rho"] > 1.0
+    w = 0.7737809374999998  # 0.95**5
+    expected = [1e4] * 5 + [1e4 * w] * 5 + [1e4 * w**2] * 5 + [1e4 * w**3] * 5
+    assert lambdas == pytest.approx(expected, rel=1e-14)
+    assert opt.state_dict()["lambda"] == pytest.approx(1e4 * w**4, rel=1e-14)
+    assert gammas[:19] == [100.0] * 19  # γ₀ = √(λ₀ + η)
+
+    # k = 20: candidates {γω₂, γ, γ/ω₂}; recompute each M(δ_γ) − M(0) densely
+    w2 = 0.95**10
+    changes = {gamma: _dense_model_change(*before, x, y, gamma, 1e4 * w**3) for gamma in
+               (100 * w2, 100.0, 100 / w2)}
+    assert gammas[19] == min(changes, key=changes.get)
+    assert opt.state_dict()["gamma"] == gammas[19]
+    values = sorted(changes.values())
+    assert values[1] - values[0] > 1e-6 * abs(values[0])  # a real choice, not a tie
+
+
+def _dense_model_change(model, delta0, x, y, gamma, lam):
+    """min over (α, μ) of M(αΔ_γ + μδ₀) − M(0) for one linear layer, with dense matrices."""
+    loss_fn = nn.MSELoss(reduction="sum")
+    ((A, G),) = kfac_factors(model, loss_fn, x, y, fisher="exact").values()
+    pi = math.sqrt((A.trace() / A.shape[0]) / (G.trace() / G.shape[0]))
+    F_gamma = torch.kron(G + gamma / pi * torch.eye(5, dtype=A.dtype),
+                         A + gamma * pi * torch.eye(9, dtype=A.dtype))
+    grad = _flat_grad(model, loss_fn, x, y, 0.0)
+    Delta = -torch.linalg.solve(F_gamma, grad)
+    C = dense_ggn(model, "mse", "sum", x) + lam * torch.eye(45, dtype=A.dtype)
+    U = torch.stack([Delta, delta0], 1)
+    A2, c2 = U.T @ C @ U, U.T @ grad
+    coeffs = -torch.linalg.solve(A2, c2)
+    return (0.5 * c2 @ coeffs).item()
+
+
+# -- per-iteration progress on a real data set ---------------------------------------------------
+@pytest.mark.slow
+def test_digits_kfac_beats_tuned_sgd_momentum_and_adam_per_iteration():
+    """scikit-learn digits, full batch, 80 iterations each; K-FAC with its defaults."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X, y = torch.tensor(X / 16, dtype=torch.float32), torch.tensor(y)
+    loss_fn, iterations = nn.CrossEntropyLoss(), 80
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 32), nn.Tanh(),
+                             nn.Linear(32, 10))
+
+    def final_loss(model):
+        with torch.no_grad():
+            return loss_fn(model(X), y).item()
+
+    def baseline(cls, lr, **kw):
+        model = make()
+        opt = cls(model.parameters(), lr=lr, **kw)
+        for _ in range(iterations):
+            opt.zero_grad()
+            loss_fn(model(X), y).backward()
+            opt.step()
+        return final_loss(model)
+
+    sgd = [baseline(torch.optim.SGD, lr, momentum=0.9, nesterov=True) for lr in (0.1, 0.3, 0.6)]
+    adam = [baseline(torch.optim.Adam, lr) for lr in (0.01, 0.03, 0.1)]
+    # "well tuned": the best learning rate of each grid is an interior point
+    assert min(sgd) == sgd[1] and min(adam) == adam[1]
+    model = make()
+    opt = KFAC(model, loss_fn, seed=0)
+    for _ in range(iterations):
+        opt.step(X, y)
+    assert final_loss(model) < 0.5 * min(sgd + adam)
+
+
+def test_default_damping_works_out_of_the_box_for_an_autoencoder():
+    """damping=None calibrates λ₀ on the first batch; training then makes steady progress."""
+    from sklearn.datasets import load_digits
+
+    X = torch.tensor(load_digits(return_X_y=True)[0][:512] / 16, dtype=torch.float32)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.Sigmoid(), nn.Linear(32, 8), nn.Linear(8, 32),
+                          nn.Sigmoid(), nn.Linear(32, 64))
+    opt = KFAC(model, nn.BCEWithLogitsLoss(), approx="tridiag", seed=0)
+    history = [opt.step(X, X) for _ in range(30)]
+    assert all(s["accepted"] for s in history)
+    assert history[0]["lambda"] > 0 and history[0]["gamma"] == math.sqrt(history[0]["lambda"] + 1e-5)
+    losses = [s["loss"] for s in history]
+    assert losses[-1] < 0.65 * losses[0]
+    assert sum(b > a for a, b in zip(losses, losses[1:], strict=False)) <= 2  # nearly monotone
+
+
+# -- configuration -------------------------------------------------------------------------------
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"approx": "diag"}, "approx"),
+    ({"fisher": "true"}, "fisher"),
+    ({"pi": "max"}, "pi"),
+    ({"lr": -1.0}, "lr"),
+    ({"damping": -1.0}, "damping"),
+    ({"weight_decay": -1e-5}, "weight_decay"),
+    ({"inverse_every": 0}, "inverse_every"),
+    ({"gamma_every": 30}, "gamma_every"),
+    ({"stats_fraction": 0.0}, "stats_fraction"),
+    ({"quad_fraction": 1.5}, "quad_fraction"),
+    ({"ema_max": 1.0}, "ema_max"),
+    ({"gamma_bounds": (1.0, 0.1)}, "gamma_bounds"),
+])
+def test_configuration_errors_name_the_keyword(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        KFAC(tiny_mlp(SIZES), nn.MSELoss(), **kwargs)
+
+
+def test_tridiag_needs_a_chain():
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2, self.l3 = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.l1(x))
+            return self.l3(torch.tanh(self.l2(h)) + h)
+
+    x, y = data("mse", 8, 3, 3, dtype=torch.float32)
+    with pytest.raises(ValueError, match="chain"):
+        KFAC(Skip(), nn.MSELoss(), approx="tridiag").step(x, y)
+    assert KFAC(Skip(), nn.MSELoss()).step(x, y)["accepted"]  # block-diagonal needs no chain
+
+
+def test_fixed_step_sizes_and_param_group_lr():
+    model, loss_fn, x, y = _small_problem("mse")
+    opt = KFAC(model, loss_fn, lr=0.1, momentum=0.5, damping=1.0, adapt_damping=False, seed=0)
+    first = opt.step(x, y)
+    assert first["alpha"] == 0.1 and first["mu"] == 0.5 and math.isnan(first["rho"])
+    opt.param_groups[0]["lr"] = 0.05  # schedulers write here
+    assert opt.step(x, y)["alpha"] == 0.05
+    opt = KFAC(model, loss_fn, lr=0.1, momentum=True, damping=1.0, seed=0)
+    opt.step(x, y)
+    second = opt.step(x, y)
+    assert second["alpha"] == 0.1 and second["mu"] != 0.0  # μ from the quadratic model
+
+
+def test_float32_training_and_module_order():
+    """Layers registered out of forward order; float32; statistics on a 1/4 sub-batch."""
+    class Reordered(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out, self.inp = nn.Linear(6, 3), nn.Linear(4, 6)
+
+        def forward(self, x):
+            return self.out(torch.tanh(self.inp(x)))
+
+    x, y = data("ce", 64, 4, 3, dtype=torch.float32)
+    model = Reordered()
+    opt = KFAC(model, nn.CrossEntropyLoss(), approx="tridiag", stats_fraction=0.25, seed=0)
+    losses = [opt.step(x, y)["loss"] for _ in range(10)]
+    assert losses[-1] < losses[0]
+    assert opt._layers == [model.inp, model.out]
+
+
+# -- CUDA ----------------------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("approx", ["blockdiag", "tridiag"])
+def test_cuda_training_and_resume(approx):
+    x, y = data("ce", 64, SIZES[0], SIZES[-1])
+    x, y = x.cuda(), y.cuda()
+    model = tiny_mlp(SIZES).cuda()
+    opt = KFAC(model, nn.CrossEntropyLoss(), approx=approx, seed=0, stats_fraction=0.5)
+    first = [opt.step(x, y)["loss"] for _ in range(6)]
+    assert first[-1] < first[0]
+    saved_model, saved = copy.deepcopy(model.state_dict()), opt.state_dict()
+    reference = [opt.step(x, y) for _ in range(5)]
+    resumed = tiny_mlp(SIZES, seed=5).cuda()
+    resumed.load_state_dict(saved_model)
+    opt2 = KFAC(resumed, nn.CrossEntropyLoss(), approx=approx, stats_fraction=0.5)
+    opt2.load_state_dict(saved)
+    assert [opt2.step(x, y) for _ in range(5)] == reference

@@ -72,24 +72,23 @@ def eigh(xp: ModuleType, a: Array, name: str) -> tuple[Array, Array]:
         return xp.astype(w, xp.float32), xp.astype(q, xp.float32)
 
 
-def spd_inverse(xp: ModuleType, a: Array, name: str) -> Array:
-    """``a⁻¹`` for SPD ``a`` through its Cholesky factor ``L``: ``a⁻¹ = L⁻ᵀ L⁻¹`` (``n³`` flops)."""
-    L = cholesky(xp, a, name)
-    eye = xp.eye(a.shape[0], dtype=a.dtype, device=device(a))
+def cholesky_inverse(xp: ModuleType, L: Array) -> Array:
+    """``a⁻¹ = L⁻ᵀ L⁻¹`` from the lower Cholesky factor ``L`` of SPD ``a`` (``n³`` flops)."""
+    eye = xp.eye(L.shape[0], dtype=L.dtype, device=device(L))
     L_inv = solve_triangular(xp, L, eye, lower=True)
     inv = L_inv.T @ L_inv
     return (inv + inv.T) / 2
 
 
 def generalized_eigh(
-    xp: ModuleType, a: Array, c: Array, names: tuple[str, str]
+    xp: ModuleType, L: Array, c: Array, names: tuple[str, str]
 ) -> tuple[Array, Array]:
-    """Solve ``c K = a K diag(s)`` with ``Kᵀ a K = I`` for SPD ``a`` and symmetric ``c``.
+    """Solve ``c K = a K diag(s)`` with ``Kᵀ a K = I`` for SPD ``a = L Lᵀ`` and symmetric ``c``.
 
-    With ``a = L Lᵀ``: ``L⁻¹ c L⁻ᵀ = E diag(s) Eᵀ`` and ``K = L⁻ᵀ E`` (paper App. I; spec §7.1).
+    Takes the Cholesky factor ``L`` (callers often need it for other work too):
+    ``L⁻¹ c L⁻ᵀ = E diag(s) Eᵀ`` and ``K = L⁻ᵀ E`` (paper App. I; spec §7.1).
     Returns ``(s, K)`` with ascending ``s``.
     """
-    L = cholesky(xp, a, names[0])
     M = solve_triangular(xp, L, c, lower=True)  # L⁻¹ c
     M = solve_triangular(xp, L, M.T, lower=True)  # L⁻¹ (L⁻¹ c)ᵀ = L⁻¹ c L⁻ᵀ
     s, E = eigh(xp, (M + M.T) / 2, f"{names[0]}^(-1/2) {names[1]} {names[0]}^(-T/2)")

@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from itertools import accumulate
 
 from ._backend import Array, device, namespace
-from ._factorizations import spd_inverse
+from ._factorizations import cholesky, cholesky_inverse
 from ._mode import kron_matmat
 from ._validation import check_matrix, symmetrized
 from .errors import SingularDenominatorError
 from .kron import Kron
-from .kron_diff import KronDiff
+from .kron_diff import kron_diff_inverse
 from .operator import LinearOperator
 
 Pair = tuple[Array, Array]
@@ -83,19 +83,21 @@ class BlockTridiagInverse(LinearOperator):
 
     def _setup(self, diag: list[Pair], offdiag: list[Pair], damping: float) -> None:
         xp = self.xp
-        inverses = [
-            tuple(spd_inverse(xp, M, f"diag[{i}][{j}]") for j, M in enumerate(pair))
+        # one Cholesky factorization per diagonal factor serves its inverse and its Σ block
+        chols = [
+            tuple(cholesky(xp, M, f"diag[{i}][{j}]") for j, M in enumerate(pair))
             for i, pair in enumerate(diag)
         ]
+        inverses = [tuple(cholesky_inverse(xp, L) for L in pair) for pair in chols]
         # Ψᵢ = (L_{i,i+1} L_{i+1}⁻¹) ⊗ (R_{i,i+1} R_{i+1}⁻¹)
         self._psi = [
             (Lo @ inverses[i + 1][0], Ro @ inverses[i + 1][1]) for i, (Lo, Ro) in enumerate(offdiag)
         ]
         self._sigma_inv: list[LinearOperator] = []
-        for i, ((L, R), (Lo, Ro), (PL, PR)) in enumerate(zip(diag, offdiag, self._psi, strict=False)):
+        for i, ((Lo, Ro), (PL, PR)) in enumerate(zip(offdiag, self._psi, strict=True)):
             C, D = PL @ Lo.T, PR @ Ro.T
             try:
-                inv = KronDiff(L, R, (C + C.T) / 2, (D + D.T) / 2).inv(damping=damping)
+                inv = kron_diff_inverse(xp, chols[i], ((C + C.T) / 2, (D + D.T) / 2), damping=damping)
             except SingularDenominatorError as err:
                 raise SingularDenominatorError(f"block {i}: {err}") from err
             self._sigma_inv.append(inv)

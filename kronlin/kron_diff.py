@@ -13,8 +13,10 @@ a :class:`~kronlin.KronEigen`. It is the Λ of the block-tridiagonal inverse (pa
 
 from __future__ import annotations
 
+from types import ModuleType
+
 from ._backend import Array, device, dtype_name, namespace
-from ._factorizations import generalized_eigh
+from ._factorizations import cholesky, generalized_eigh
 from ._mode import kron_matmat
 from ._validation import symmetrized
 from .errors import SingularDenominatorError
@@ -85,19 +87,37 @@ class KronDiff(LinearOperator):
 
         """
         xp = self.xp
-        s1, K1 = generalized_eigh(xp, self.A, self.C, ("A", "C"))
-        s2, K2 = generalized_eigh(xp, self.B, self.D, ("B", "D"))
-        denominators = (1.0 + damping) - outer(xp, [s1, s2])
-        tol = 100 * _EPS[dtype_name(self.dtype)] if rtol is None else rtol
-        smallest = float(xp.min(xp.abs(denominators)))
-        if smallest <= tol:
-            raise SingularDenominatorError(
-                f"KronDiff.inv: A⊗B − C⊗D is numerically singular: the smallest denominator "
-                f"|1 + damping − s1·s2| is {smallest:.3g} ≤ rtol = {tol:.3g} (damping={damping}); "
-                "pass damping > 0 to regularize"
-            )
-        return KronEigen._trusted((K1, K2), 1 / denominators, xp, orthonormal=False)
+        chol = (cholesky(xp, self.A, "A"), cholesky(xp, self.B, "B"))
+        return kron_diff_inverse(xp, chol, (self.C, self.D), damping=damping, rtol=rtol)
 
     def solve(self, b: Array, *, damping: float = 0.0) -> Array:
         """Solve ``(A⊗B − C⊗D + δ A⊗B) x = b`` for ``b`` of shape ``(N,)`` or ``(N, k)``."""
         return self.inv(damping=damping) @ b
+
+
+def kron_diff_inverse(
+    xp: ModuleType,
+    cholesky_factors: tuple[Array, Array],
+    subtrahend: tuple[Array, Array],
+    *,
+    damping: float = 0.0,
+    rtol: float | None = None,
+) -> KronEigen:
+    """``(A⊗B − C⊗D + δ A⊗B)⁻¹`` from the Cholesky factors of ``A``, ``B`` and from ``(C, D)``.
+
+    The work of :meth:`KronDiff.inv` for callers that already hold the Cholesky factors
+    (:class:`~kronlin.BlockTridiagInverse` factors each diagonal factor once for everything).
+    """
+    (LA, LB), (C, D) = cholesky_factors, subtrahend
+    s1, K1 = generalized_eigh(xp, LA, C, ("A", "C"))
+    s2, K2 = generalized_eigh(xp, LB, D, ("B", "D"))
+    denominators = (1.0 + damping) - outer(xp, [s1, s2])
+    tol = 100 * _EPS[dtype_name(C.dtype)] if rtol is None else rtol
+    smallest = float(xp.min(xp.abs(denominators)))
+    if smallest <= tol:
+        raise SingularDenominatorError(
+            f"KronDiff.inv: A⊗B − C⊗D is numerically singular: the smallest denominator "
+            f"|1 + damping − s1·s2| is {smallest:.3g} ≤ rtol = {tol:.3g} (damping={damping}); "
+            "pass damping > 0 to regularize"
+        )
+    return KronEigen._trusted((K1, K2), 1 / denominators, xp, orthonormal=False)

@@ -12,13 +12,13 @@ canonical link), four things:
 
 Supported losses and their distributions (all per case, ``D`` outputs):
 
-========================  ========================  ==========================================  ====================
-loss                      distribution              :math:`F_R`                                 ``mean`` scale ``s``
-========================  ========================  ==========================================  ====================
-``nn.MSELoss``            Gaussian, variance ½      :math:`2I`                                  :math:`1/(ND)`
-``nn.BCEWithLogitsLoss``  Bernoulli per output      :math:`\operatorname{diag}(p(1-p))`         :math:`1/(ND)`
-``nn.CrossEntropyLoss``   categorical over ``D``    :math:`\operatorname{diag}(p) - pp^\top`    :math:`1/N`
-========================  ========================  ==========================================  ====================
+========================  ======================  ==================================  ====================
+loss                      distribution            :math:`F_R`                         ``mean`` scale ``s``
+========================  ======================  ==================================  ====================
+``nn.MSELoss``            Gaussian, variance ½    :math:`2I`                          :math:`1/(ND)`
+``nn.BCEWithLogitsLoss``  Bernoulli per output    :math:`\mathrm{diag}(p(1-p))`       :math:`1/(ND)`
+``nn.CrossEntropyLoss``   categorical over ``D``  :math:`\mathrm{diag}(p) - pp^\top`  :math:`1/N`
+========================  ======================  ==================================  ====================
 
 ``reduction="sum"`` has ``s = 1``; ``reduction="none"`` is rejected (the objective must be a
 scalar). ``nn.MSELoss`` is :math:`\sum_j (y_j - z_j)^2`, the NLL of a Gaussian of variance ½

@@ -1,0 +1,227 @@
+"""The timed training loop shared by every method of the autoencoder experiment.
+
+The protocol of spec ``kfac-algorithm.md`` §9–§10 (issue 5 item 4): each iteration draws a
+mini-batch (uniformly, without replacement within the batch, as the authors' code does), calls
+``optimizer.step(inputs, targets)`` once and updates the Polyak average. Only that is timed. At
+evaluation points, outside the timed region, the training reconstruction error of the whole
+training set is computed for the current and the averaged iterate; the record keeps both and
+their minimum, the paper's reported value.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from kronlin_nn.experiments.models import reconstruction_error
+from kronlin_nn.schedules import PolyakAverage
+
+__all__ = ["EvalClock", "Method", "Stepper", "TrainResult", "train"]
+
+
+class Stepper(Protocol):
+    """What the loop needs from an optimizer: one call per iteration (K-FAC's interface)."""
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> Mapping[str, Any]:
+        """Take one step on the batch; return at least ``"loss"`` (the objective before it)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Method:
+    """An optimizer with its batch-size rule, as the experiment runs it.
+
+    Attributes:
+        name: the CLI name, e.g. ``"kfac-blockdiag"``.
+        label: the legend label of the figures.
+        make_optimizer: builds the optimizer for a model.
+        batch_size: iteration ``k`` (from 1) to mini-batch size.
+        settings: JSON-able description of the configuration, for ``results.json``.
+
+    """
+
+    name: str
+    label: str
+    make_optimizer: Callable[[nn.Module], Stepper]
+    batch_size: Callable[[int], int]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of one run.
+
+    Attributes:
+        records: one dict per evaluation point (see :func:`train`).
+        iterations: steps taken.
+        seconds: timed seconds (steps only).
+        eval_seconds: seconds spent evaluating, outside the timed region.
+
+    """
+
+    records: list[dict[str, Any]]
+    iterations: int
+    seconds: float
+    eval_seconds: float
+
+
+class EvalClock:
+    """Evaluation points at geometrically spaced timed seconds.
+
+    Points at ``first``, ``first·factor``, ``first·factor²``, … seconds: dense early, where the
+    error falls fastest, and about 18 per run for the defaults, whatever the budget.
+
+    Args:
+        budget: the run's timed budget in seconds.
+        first: the first point, as a fraction of the budget.
+        factor: ratio of consecutive points.
+
+    """
+
+    def __init__(self, budget: float, first: float = 0.01, factor: float = 1.3) -> None:
+        self.next = budget * first
+        self.factor = factor
+
+    def due(self, seconds: float) -> bool:
+        """Whether an evaluation is due at ``seconds``; if so, schedule the next one."""
+        if seconds < self.next:
+            return False
+        while self.next <= seconds:
+            self.next *= self.factor
+        return True
+
+
+def train(
+    method: Method,
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    budget: float,
+    seed: int,
+    polyak_start: int,
+    max_iterations: int | None = None,
+    evaluate_along: bool = True,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place with ``method`` for ``budget`` timed seconds.
+
+    A run stops when the timed seconds reach ``budget``, after ``max_iterations`` steps, or
+    when a step was applied with a non-finite loss (divergence; K-FAC rejects such steps and
+    reports ``accepted = False``, so it continues).
+
+    Each record holds ``iteration``, ``seconds`` (timed, cumulative), ``batch_size`` (of the
+    last step; 0 at iteration 0), ``train_error`` (min of the next two), ``train_error_current``,
+    ``train_error_average`` (the Polyak iterate, ξ = 0.99, warm start from ``polyak_start``)
+    and the last step's diagnostics (for K-FAC: ``loss``, ``lambda``, ``gamma``, ``alpha``,
+    ``mu``, ``rho``, ``refreshed``, ``accepted``; non-finite floats become ``None``).
+
+    Args:
+        method: the optimizer and batch-size rule.
+        model: the network (trained in place), on the device of ``x``.
+        x: ``(n, d)`` training images; inputs and targets alike.
+        budget: timed seconds (``math.inf``: stop by ``max_iterations`` only).
+        seed: seed of the mini-batch draws.
+        polyak_start: first iteration of the averaging (see :class:`PolyakAverage`).
+        max_iterations: optional cap on the number of steps.
+        evaluate_along: evaluate at :class:`EvalClock` points; otherwise only at the start and
+            the end (for the grid search).
+        progress: show a tqdm bar (timed seconds, iteration, batch size, error).
+
+    Returns:
+        The records and the run's totals.
+
+    """
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = method.make_optimizer(model)
+    average = PolyakAverage(model.parameters(), decay=0.99, start=polyak_start)
+    clock = EvalClock(budget)
+    eval_seconds = 0.0
+
+    def evaluate(k: int, seconds: float, batch: int, stats: Mapping[str, Any]) -> dict[str, Any]:
+        nonlocal eval_seconds
+        start = time.perf_counter()
+        record = _evaluate(model, x, average, k, seconds, batch, stats)
+        eval_seconds += time.perf_counter() - start
+        return record
+
+    records = [evaluate(0, 0.0, 0, {})]
+    timed = math.isfinite(budget)
+    bar = tqdm(
+        total=budget if timed else None,
+        desc=method.name,
+        unit="s",
+        bar_format="{desc:<26}"
+        + ("{percentage:3.0f}%|{bar:16}| {n:.1f}/{total:g} s" if timed else "{n:.1f} s")
+        + "{postfix}",
+        disable=not progress,
+    )
+    seconds, k, batch, stats = 0.0, 0, 0, {}
+    while seconds < budget and (max_iterations is None or k < max_iterations):
+        k += 1
+        start = time.perf_counter()
+        batch = method.batch_size(k)
+        rows = torch.randperm(x.shape[0], generator=generator)[:batch].to(x.device)
+        inputs = x[rows]
+        stats = optimizer.step(inputs, inputs)
+        average.update()
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        elapsed = time.perf_counter() - start
+        seconds += elapsed
+        bar.update(min(elapsed, max(budget - bar.n, 0.0)))  # the last step may overshoot
+        if not evaluate_along:
+            bar.set_postfix_str(f"it {k}, m {batch}")
+        diverged = not math.isfinite(float(stats["loss"])) and stats.get("accepted", True)
+        if diverged or (evaluate_along and clock.due(seconds)):
+            records.append(evaluate(k, seconds, batch, stats))
+            bar.set_postfix_str(f"it {k}, m {batch}, err {records[-1]['train_error']:.4g}")
+        if diverged:
+            break
+    if records[-1]["iteration"] != k:
+        records.append(evaluate(k, seconds, batch, stats))
+        bar.set_postfix_str(f"it {k}, m {batch}, err {records[-1]['train_error']:.4g}")
+    bar.close()
+    return TrainResult(records, k, seconds, eval_seconds)
+
+
+def _evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    average: PolyakAverage,
+    k: int,
+    seconds: float,
+    batch: int,
+    stats: Mapping[str, Any],
+) -> dict[str, Any]:
+    """One record: the whole-set errors of the current and averaged iterate, plus diagnostics."""
+    current = reconstruction_error(model, x)
+    averaged = current
+    if average.k > average.start:  # before, the average equals the iterate
+        with average.applied():
+            averaged = reconstruction_error(model, x)
+    record: dict[str, Any] = {
+        "iteration": k,
+        "seconds": seconds,
+        "batch_size": batch,
+        "train_error": min(current, averaged),
+        "train_error_current": current,
+        "train_error_average": averaged,
+    }
+    record.update({key: _jsonable(value) for key, value in stats.items()})
+    return record
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert a diagnostics value to plain JSON: tensors to numbers, non-finite to ``None``."""
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -10,8 +10,8 @@ from __future__ import annotations
 import warnings
 from types import ModuleType
 
-from ._backend import Array, device, dtype_name, is_torch, solve_triangular
-from .errors import NotPositiveDefiniteError
+from ._backend import Array, device, dtype_name, is_all_finite, is_torch, solve_triangular
+from .errors import LinAlgError, NotPositiveDefiniteError
 
 
 def cholesky(xp: ModuleType, a: Array, name: str) -> Array:
@@ -60,16 +60,37 @@ def _cholesky(xp: ModuleType, a: Array) -> Array:
 def eigh(xp: ModuleType, a: Array, name: str) -> tuple[Array, Array]:
     """Eigen-decomposition ``a = Q diag(w) Qᵀ`` of a symmetric matrix, ascending ``w``.
 
-    A float32 failure to converge retries in float64 with a warning.
+    A float32 failure retries in float64 with a warning. A failure is a raised error or a
+    non-finite result: some LAPACK builds return NaN from float32 ``eigh`` on finite input
+    instead of raising (seen with torch's CPU build on 1000×1000 matrices), so the result is
+    checked (one host synchronization; setup code only).
+
+    Raises:
+        LinAlgError: naming ``name`` when float64 fails too.
+
     """
-    try:
-        return tuple(xp.linalg.eigh(a))
-    except Exception as err:  # numpy.linalg.LinAlgError or torch.linalg.LinAlgError
-        if dtype_name(a.dtype) != "float32":
-            raise NotPositiveDefiniteError(f"{name}: eigendecomposition failed: {err}") from err
+    result = _checked_eigh(xp, a)
+    if result is None and dtype_name(a.dtype) == "float32":
         warnings.warn(f"{name}: float32 eigh failed; retrying in float64", RuntimeWarning, stacklevel=3)
-        w, q = xp.linalg.eigh(xp.astype(a, xp.float64))
-        return xp.astype(w, xp.float32), xp.astype(q, xp.float32)
+        result = _checked_eigh(xp, xp.astype(a, xp.float64))
+        if result is not None:
+            return xp.astype(result[0], xp.float32), xp.astype(result[1], xp.float32)
+    if result is None:
+        raise LinAlgError(
+            f"{name}: eigendecomposition of the {tuple(a.shape)} matrix failed (no convergence or "
+            "a non-finite result)"
+        )
+    return result
+
+
+def _checked_eigh(xp: ModuleType, a: Array) -> tuple[Array, Array] | None:
+    try:
+        w, q = xp.linalg.eigh(a)
+    except Exception:  # numpy.linalg.LinAlgError or torch.linalg.LinAlgError
+        return None
+    if not (is_all_finite(xp, w) and is_all_finite(xp, q)):
+        return None
+    return w, q
 
 
 def cholesky_inverse(xp: ModuleType, L: Array) -> Array:

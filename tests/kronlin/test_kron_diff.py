@@ -85,3 +85,34 @@ def test_errors():
         kl.KronDiff(nonsym, B, A, B)
     with pytest.raises(ValueError, match="B: expected finite entries"):
         kl.KronDiff(A, np.full((2, 2), np.inf), A, B)
+
+
+def test_float32_eigh_failure_retries_in_float64(monkeypatch):
+    # some LAPACK builds return NaN from float32 eigh instead of raising: retry, say so, be exact
+    real_eigh = np.linalg.eigh
+
+    def flaky_eigh(a):
+        w, q = real_eigh(a)
+        return (w * np.nan, q) if a.dtype == np.float32 else (w, q)
+
+    rng = np.random.default_rng(15)
+    A, B = spd(rng, 3), spd(rng, 2)
+    C, D = 0.3 * spd(rng, 3), 0.3 * spd(rng, 2)
+    import array_api_compat.numpy as xp_numpy
+
+    monkeypatch.setattr(xp_numpy.linalg, "eigh", flaky_eigh)
+    with pytest.warns(RuntimeWarning, match="float32 eigh failed; retrying in float64"):
+        inv = kl.KronDiff(*(M.astype(np.float32) for M in (A, B, C, D))).inv()
+    assert inv.dtype == np.float32
+    dense = np.kron(A, B) - np.kron(C, D)
+    assert_close(inv.to_dense(), np.linalg.inv(dense), dtype="float32", cond=np.linalg.cond(dense), label="KronDiff")
+
+
+def test_eigh_failure_in_float64_raises_naming_the_matrix(monkeypatch):
+    import array_api_compat.numpy as xp_numpy
+
+    monkeypatch.setattr(xp_numpy.linalg, "eigh", lambda a: (np.full(len(a), np.nan), np.eye(len(a))))
+    rng = np.random.default_rng(16)
+    A, B = spd(rng, 3), spd(rng, 2)
+    with pytest.raises(np.linalg.LinAlgError, match=r"A\^\(-1/2\) C A\^\(-T/2\): eigendecomposition of the \(3, 3\) matrix failed"):
+        kl.KronDiff(A, B, 0.3 * A, 0.3 * B).inv()

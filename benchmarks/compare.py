@@ -1,0 +1,470 @@
+"""kronlin side by side with the other Kronecker libraries, in one process, on the same inputs.
+
+Times kronlin against pykronecker, linear_operator, PyLops, pyfastkron and
+``scipy.linalg.khatri_rao`` (those installed; the others are listed as skipped), checks that every
+result agrees with kronlin's, and prints per case: the time, the ratio to kronlin's time (> 1:
+kronlin is faster), the achieved GFLOP/s and its share of the plain BLAS GEMM rate on this
+machine. Then the damped Kronecker solve, ``KronDiff`` setup/apply, ``BlockTridiagInverse`` vs
+the ``BlockDiag`` of Kronecker inverses, the issue's targets with verdicts, and a plot of
+``Kron`` matmat time vs size against the dense product (O(n³) vs O(n⁴)).
+
+Timing: each case calls its candidates in turn, round after round (so background load hits all
+alike), resting :data:`PAUSE` before each call, and keeps each one's fastest call; the first call
+of each (Numba compilation, caches) is not timed. Slow candidates get fewer rounds, to keep the
+default run under about three minutes.
+
+Usage::
+
+    python benchmarks/compare.py                    # about 3 minutes on 2 cores
+    python benchmarks/compare.py --quick            # half the sizes, one round: a smoke test
+    python benchmarks/compare.py --plot results/kron_scaling.png
+
+On machines where ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE`` pin a slower kernel, unset both for
+the benchmark command only (``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python ...``); the
+header prints which BLAS kernel runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import kronlin as kl
+from kronlin._mode import kron_matmat
+
+TOLERANCE = {"float64": 1e-9, "float32": 1e-3}  # relative, against kronlin's result
+PROBE, SLOW = 8, 10.0
+"""A library whose call on ``PROBE`` right-hand sides predicts more than ``SLOW`` seconds for all
+of them is timed on those and reported scaled up ("est."), not run on all of them."""
+PAUSE = 0.15
+"""Seconds of rest before each timed call: OpenBLAS's worker threads spin for about 0.1 s after a
+call and would otherwise steal the cores from whichever candidate runs next."""
+
+
+@dataclass
+class Case:
+    """One timed case: candidates by name, the first being the reference for ratios."""
+
+    title: str
+    flops: float = 0.0
+    dtype: str = "float64"
+    rows: list = field(default_factory=list)  # (name, seconds, agreement)
+
+
+# -- timing -------------------------------------------------------------------------------------------
+
+def measure(candidates: dict[str, Callable[[], object]], rounds: int, budget: float) -> dict:
+    """Fastest call of each candidate over interleaved rounds, and its first result.
+
+    A candidate whose first (untimed) call took ``t`` gets ``min(rounds, budget / t)`` rounds,
+    at least one.
+    """
+    results, first = {}, {}
+    for name, fn in candidates.items():
+        start = time.perf_counter()
+        results[name] = fn()
+        first[name] = time.perf_counter() - start
+    best = {name: math.inf for name in candidates}
+    for r in range(rounds):
+        for name, fn in candidates.items():
+            if r == 0 or r < budget / first[name]:
+                time.sleep(PAUSE)
+                start = time.perf_counter()
+                fn()
+                best[name] = min(best[name], time.perf_counter() - start)
+    return {name: (best[name], results[name]) for name in candidates}
+
+
+def agreement(result, reference, dtype: str) -> str:
+    """``ok`` (with the relative error) when ``result`` matches ``reference`` to tolerance."""
+    result = np.asarray(result.numpy() if hasattr(result, "numpy") else result, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    err = np.linalg.norm(result - reference) / max(np.linalg.norm(reference), 1e-300)
+    return f"ok {err:.0e}" if err <= TOLERANCE[dtype] else f"MISMATCH {err:.1e}"
+
+
+def run_case(case: Case, candidates: dict, args, check: bool = True) -> Case:
+    """Time ``candidates`` (first = reference) and fill ``case.rows``."""
+    timed = measure(candidates, args.rounds, args.budget)
+    reference = next(iter(timed.values()))[1]
+    for name, (seconds, result) in timed.items():
+        ok = agreement(result, reference, case.dtype) if check and result is not None else ""
+        case.rows.append((name, seconds, ok))
+    return case
+
+
+# -- the other libraries (each optional) -------------------------------------------------------------
+
+def optional_libraries() -> dict[str, object]:
+    """The installed comparison libraries by name (imports are slow and noisy: done once here)."""
+    found = {}
+    for name, module in [("pykronecker", "pykronecker"), ("linear_operator", "linear_operator"),
+                         ("PyLops", "pylops"), ("pyfastkron", "pyfastkron.fastkronnumpy"),
+                         ("torch", "torch")]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                found[name] = __import__(module, fromlist=["_"])
+        except Exception as err:  # noqa: BLE001 - any import failure means "not available"
+            print(f"  {name}: not available ({type(err).__name__}: {err})")
+    return found
+
+
+def kron_candidates(libs: dict, factors: list[np.ndarray], X: np.ndarray) -> dict:
+    """``(F₁ ⊗ … ⊗ Fₙ) X`` by every installed library, on the same arrays."""
+    out = {}
+    if "pykronecker" in libs:
+        op = libs["pykronecker"].KroneckerProduct(list(factors))
+        out["pykronecker"] = lambda: op @ X
+    if "linear_operator" in libs:
+        torch = libs["torch"]
+        from linear_operator.operators import DenseLinearOperator, KroneckerProductLinearOperator
+
+        op_t = KroneckerProductLinearOperator(*(DenseLinearOperator(torch.from_numpy(f)) for f in factors))
+        X_t = torch.from_numpy(X)
+        out["linear_operator"] = lambda: op_t @ X_t
+    if "PyLops" in libs:
+        pylops = libs["PyLops"]
+        op = pylops.MatrixMult(factors[0], dtype=X.dtype)
+        for f in factors[1:]:
+            op = pylops.Kronecker(op, pylops.MatrixMult(f, dtype=X.dtype), dtype=X.dtype)
+        out["PyLops"] = lambda: op.matmat(X)
+    if "pyfastkron" in libs:
+        out["pyfastkron"] = lambda: libs["pyfastkron"].gekmm(list(factors), X)
+    return out
+
+
+# -- cases --------------------------------------------------------------------------------------------
+
+def gemm_rate(n: int, k: int, dtype: str, args) -> float:
+    """GFLOP/s of the plain BLAS GEMM ``(n×n) @ (n×n·k)``: the floor's rate on these shapes."""
+    rng = np.random.default_rng(0)
+    A, C = rng.standard_normal((n, n)).astype(dtype), rng.standard_normal((n, n * k)).astype(dtype)
+    seconds, _ = measure({"gemm": lambda: A @ C}, args.rounds, args.budget)["gemm"]
+    return 2 * n * n * n * k / seconds / 1e9
+
+
+def two_large_factors(libs, n: int, k: int, dtype: str, args) -> Case:
+    """Two n×n factors on k right-hand sides: the GEMM floor is the plain ``A @ X @ B.T``."""
+    rng = np.random.default_rng(1)
+    A, B = rng.standard_normal((n, n)).astype(dtype), rng.standard_normal((n, n)).astype(dtype)
+    X3 = rng.standard_normal((k, n, n)).astype(dtype)  # k matrices n×n: the plain expression's input
+    X = np.ascontiguousarray(X3.reshape(k, n * n).T)  # the same vectors as a row-major (N, k) block
+    op = kl.Kron(A, B)
+    X_col = X3.reshape(k, n * n).T  # column-major view: what `x @ op` hands over
+    candidates = {
+        "kronlin": lambda: op @ X,
+        "plain A @ X @ B.T": lambda: (A @ X3 @ B.T).reshape(k, n * n).T,
+        "kronlin (column-major X)": lambda: op @ X_col,
+        **kron_candidates(libs, [A, B], X),
+    }
+    case = Case(f"Kron matmat, two {n}×{n} factors, {k} right-hand sides, {dtype}", 4 * k * n**3, dtype)
+    return run_case(case, candidates, args)
+
+
+def many_small_factors(libs, n: int, count: int, k: int, dtype: str, args) -> Case:
+    """``count`` n×n factors on k right-hand sides (the Numba kernel against the NumPy chains)."""
+    rng = np.random.default_rng(2)
+    factors = [rng.standard_normal((n, n)).astype(dtype) for _ in range(count)]
+    X = rng.standard_normal((n**count, k)).astype(dtype)
+    op = kl.Kron(*factors)
+
+    def tensordot_chain():
+        T = X.reshape(*([n] * count), k)
+        for j, F in enumerate(factors):
+            T = np.moveaxis(np.tensordot(F, T, axes=(1, j)), 0, j)
+        return T.reshape(-1, k)
+
+    candidates = {
+        "kronlin": lambda: op @ X,
+        "NumPy chain (matmul mode products)": lambda: kron_matmat(np, factors, X, kernel="xp"),
+        "NumPy chain (tensordot + moveaxis)": tensordot_chain,
+    }
+    # libraries that loop over right-hand sides in Python take minutes here: probe them first
+    probes = {}
+    for name, fn in kron_candidates(libs, factors, X[:, :PROBE].copy()).items():
+        start = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - start
+        if seconds * k / PROBE > SLOW:
+            probes[name] = (seconds, result)
+    full = kron_candidates(libs, factors, X)
+    candidates.update({name: fn for name, fn in full.items() if name not in probes})
+    case = Case(f"Kron matmat, {count} {n}×{n} factors, {k} right-hand sides, {dtype}",
+                2 * count * n * n**count * k, dtype)
+    run_case(case, candidates, args)
+    reference = op @ X[:, :PROBE]
+    for name, (seconds, result) in probes.items():
+        label = f"{name} (est. from {PROBE} of {k} columns)"
+        case.rows.append((label, seconds * k / PROBE, agreement(result, reference, dtype)))
+    return case
+
+
+def khatri_rao(m: int, n: int, dtype: str, args) -> Case:
+    """``(m×n) ⊙ (m×n)`` against SciPy (NumPy's broadcast multiply)."""
+    import scipy.linalg
+
+    rng = np.random.default_rng(3)
+    A, B = rng.standard_normal((m, n)).astype(dtype), rng.standard_normal((m, n)).astype(dtype)
+    out = np.empty((m * m, n), dtype)
+    candidates = {
+        "kronlin": lambda: kl.khatri_rao(A, B),
+        "scipy.linalg.khatri_rao": lambda: scipy.linalg.khatri_rao(A, B),
+        "kronlin (out=)": lambda: kl.khatri_rao(A, B, out=out),
+    }
+    return run_case(Case(f"khatri_rao ({m}×{n}) ⊙ ({m}×{n}), {dtype}", 0, dtype), candidates, args)
+
+
+def spd(rng, n: int) -> np.ndarray:
+    M = rng.standard_normal((n, 2 * n))
+    return M @ M.T / (2 * n) + 0.1 * np.eye(n)
+
+
+def damped_solve(libs, n: int, m: int, k: int, dtype: str, args) -> list[Case]:
+    """``(A⊗B + λI)⁻¹ X``: setup+apply per call, then apply alone; and the undamped solve."""
+    rng = np.random.default_rng(4)
+    A, B = spd(rng, n).astype(dtype), spd(rng, m).astype(dtype)
+    X = rng.standard_normal((n * m, k)).astype(dtype)
+    lam = 1e-2
+    inverse = kl.Kron(A, B).eigh().shift(lam).inv()
+    setup_apply = {"kronlin": lambda: kl.Kron(A, B).eigh().shift(lam).inv() @ X}
+    apply = {"kronlin": lambda: inverse @ X}
+    exact = {"kronlin": lambda: kl.Kron(A, B).solve(X)}
+    if "linear_operator" in libs:
+        torch = libs["torch"]
+        from linear_operator.operators import DenseLinearOperator, KroneckerProductLinearOperator
+
+        A_t, B_t, X_t = map(torch.from_numpy, (A, B, X))
+
+        def damped():
+            K = KroneckerProductLinearOperator(DenseLinearOperator(A_t), DenseLinearOperator(B_t))
+            return K.add_diagonal(torch.tensor(lam, dtype=A_t.dtype))
+
+        setup_apply["linear_operator"] = lambda: damped().solve(X_t)
+        prepared = damped()
+        prepared.solve(X_t)  # its eigendecompositions are now cached
+        apply["linear_operator"] = lambda: prepared.solve(X_t)
+    if "pykronecker" in libs:
+        P = libs["pykronecker"].KroneckerProduct([A, B])
+        exact["pykronecker"] = lambda: P.inv() @ X
+    title = f"{n}×{n} ⊗ {m}×{m}, {k} right-hand sides, {dtype}"
+    flops = 4 * k * n * m * (n + m)  # two Kronecker matmats of two GEMMs each
+    return [
+        run_case(Case(f"damped Kronecker solve (setup + apply), {title}", 0, dtype), setup_apply, args),
+        run_case(Case(f"damped Kronecker inverse apply (after setup), {title}", flops, dtype), apply, args),
+        run_case(Case(f"undamped Kronecker solve, {title}", 0, dtype), exact, args),
+    ]
+
+
+def kron_diff(n: int, m: int, k: int, dtype: str, args) -> list[Case]:
+    """``KronDiff(A, B, C, D)``: inverse setup, then its apply against ``Kron(A, B).inv()``'s."""
+    rng = np.random.default_rng(5)
+    # K-FAC's conditional: C = Lₒ L₁⁻¹ Lₒᵀ ≺ A from a joint covariance, so A⊗B − C⊗D ≻ 0
+    ((A, B), (L1, R1)), ((Lo, Ro),) = _chain(rng, [n, n], [m, m], dtype)
+    C, D = Lo @ np.linalg.solve(L1, Lo.T), Ro @ np.linalg.solve(R1, Ro.T)
+    C, D = (C + C.T) / 2, (D + D.T) / 2
+    X = rng.standard_normal((n * m, k)).astype(dtype)
+    diff = kl.KronDiff(A, B, C, D)
+    diff_inv, kron_inv = diff.inv(), kl.Kron(A, B).inv()
+    title = f"{n}×{n} ⊗ {m}×{m}, {k} right-hand sides, {dtype}"
+    setup = run_case(Case(f"KronDiff setup, {title}", 0, dtype), {
+        "Kron(A, B).inv()": lambda: kl.Kron(A, B).inv(),
+        "KronDiff(A, B, C, D).inv()": lambda: kl.KronDiff(A, B, C, D).inv(),
+        "Kron(A, B).eigh().shift(λ).inv()": lambda: kl.Kron(A, B).eigh().shift(1e-2).inv(),
+    }, args, check=False)
+    apply = run_case(Case(f"KronDiff apply, {title}", 0, dtype), {
+        "Kron(A, B).inv() apply": lambda: kron_inv @ X,
+        "KronDiff(...).inv() apply": lambda: diff_inv @ X,
+        "KronDiff apply": lambda: diff @ X,
+    }, args, check=False)
+    residual = np.linalg.norm(diff @ (diff_inv @ X) - X) / np.linalg.norm(X)
+    apply.rows[1] = (*apply.rows[1][:2], f"residual {residual:.0e}")
+    return [setup, apply]
+
+
+def block_operators(libs, left: list[int], right: list[int], k: int, dtype: str, args) -> list[Case]:
+    """``BlockTridiagInverse`` against the ``BlockDiag`` of Kronecker inverses on the same blocks."""
+    rng = np.random.default_rng(6)
+    diag, offdiag = _chain(rng, left, right, dtype)
+    X = rng.standard_normal((sum(a * b for a, b in zip(left, right, strict=True)), k)).astype(dtype)
+    tridiag = kl.BlockTridiagInverse(diag, offdiag)
+    blockdiag = kl.BlockDiag([kl.Kron(L, R).inv() for L, R in diag])
+    title = f"{len(left)} blocks {left[0]}×{left[0]} ⊗ {right[0]}×{right[0]}, {k} right-hand sides, {dtype}"
+    setup = run_case(Case(f"block operators setup, {title}", 0, dtype), {
+        "BlockDiag of Kron inverses": lambda: kl.BlockDiag([kl.Kron(L, R).inv() for L, R in diag]),
+        "BlockTridiagInverse": lambda: kl.BlockTridiagInverse(diag, offdiag),
+    }, args, check=False)
+    apply_candidates = {"BlockDiag of Kron inverses": lambda: blockdiag @ X,
+                        "BlockTridiagInverse": lambda: tridiag @ X}
+    if "pykronecker" in libs:
+        pk = libs["pykronecker"]
+        pk_blocks = pk.KroneckerBlockDiag([pk.KroneckerProduct([np.linalg.inv(L), np.linalg.inv(R)])
+                                           for L, R in diag])
+        apply_candidates["pykronecker KroneckerBlockDiag"] = lambda: pk_blocks @ X
+    apply = run_case(Case(f"block operators apply, {title}", 0, dtype), apply_candidates, args)
+    apply.rows[1] = (*apply.rows[1][:2], "")  # a different matrix: nothing to agree with
+    return [setup, apply]
+
+
+def _chain(rng, left, right, dtype):
+    """K-FAC-like block-tridiagonal factors: blocks of two joint sample covariances."""
+    def blocks(sizes):
+        total = sum(sizes)
+        Z = rng.standard_normal((4 * total, total)) @ (np.eye(total) + 0.5 * np.eye(total, k=1))
+        C = (Z.T @ Z / len(Z) + 0.1 * np.eye(total)).astype(dtype)
+        e = np.cumsum([0, *sizes])
+        return lambda i, j: C[e[i] : e[i + 1], e[j] : e[j + 1]]
+
+    L, R = blocks(left), blocks(right)
+    return ([(L(i, i), R(i, i)) for i in range(len(left))],
+            [(L(i, i + 1), R(i, i + 1)) for i in range(len(left) - 1)])
+
+
+# -- report -------------------------------------------------------------------------------------------
+
+def print_case(case: Case, gemm: float | None) -> None:
+    """One table: time, time relative to the first row, GFLOP/s and share of the GEMM rate."""
+    print(f"\n{case.title}")
+    reference = case.rows[0][1]
+    for name, seconds, ok in case.rows:
+        rate = ""
+        if case.flops and not name.startswith("NumPy chain (tensordot"):
+            gflops = case.flops / seconds / 1e9
+            rate = f"{gflops:7.1f} GF/s" + (f" {100 * gflops / gemm:4.0f}% GEMM" if gemm else "")
+        print(f"  {name:38s} {seconds * 1e3:10.2f} ms {seconds / reference:7.2f}×  {rate:24s} {ok}")
+
+
+def verdicts(cases: dict[str, Case]) -> list[str]:
+    """The issue's CPU targets, each as ``measured ratio (target): PASS/FAIL``."""
+    def ratio(key, num, den):
+        rows = {name: s for name, s, _ in cases[key].rows}
+        return rows[num] / rows[den] if num in rows and den in rows else math.nan
+
+    lines = []
+    for dtype in ("float64", "float32"):
+        key = f"large {dtype}"
+        r = ratio(key, "kronlin", "plain A @ X @ B.T")
+        lines.append(_verdict(f"Kron 2 large, {dtype}: kronlin / plain A @ X @ B.T", r, "≤", 1.15))
+        for other in ("pykronecker", "linear_operator", "PyLops", "pyfastkron"):
+            r = ratio(key, other, "kronlin")
+            if not math.isnan(r):
+                lines.append(_verdict(f"Kron 2 large, {dtype}: {other} / kronlin", r, ">", 1.0))
+        r = ratio(f"small {dtype}", "NumPy chain (matmul mode products)", "kronlin")
+        lines.append(_verdict(f"Kron 4 small, {dtype}: NumPy chain / kronlin", r, "≥", 1.5))
+        r = ratio(f"khatri_rao {dtype}", "kronlin", "scipy.linalg.khatri_rao")
+        lines.append(_verdict(f"khatri_rao, {dtype}: kronlin / scipy", r, "≤", 0.7))
+        r = ratio(f"kron_diff apply {dtype}", "KronDiff(...).inv() apply", "Kron(A, B).inv() apply")
+        lines.append(_verdict(f"KronDiff.inv() apply / Kron.inv() apply, {dtype}", r, "≤", 1.5))
+        r = ratio(f"block apply {dtype}", "BlockTridiagInverse", "BlockDiag of Kron inverses")
+        lines.append(_verdict(f"BlockTridiagInverse / BlockDiag apply, {dtype}", r, "≤", 3.0))
+    return lines
+
+
+def _verdict(label: str, value: float, op: str, bound: float) -> str:
+    ok = {"≤": value <= bound, "≥": value >= bound, ">": value > bound}[op]
+    return f"  {label:62s} {value:6.2f}  (target {op} {bound})  {'PASS' if ok else 'FAIL'}"
+
+
+def scaling_plot(path: str, sizes: list[int], dense_max: int, k: int, args) -> None:
+    """Kron matmat time vs n (two n×n factors) against the dense ``n²×n²`` product; saves ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(7)
+    kron_times, dense_times = [], []
+    for n in sizes:
+        A, B, X = rng.standard_normal((n, n)), rng.standard_normal((n, n)), rng.standard_normal((n * n, k))
+        op = kl.Kron(A, B)
+        candidates = {"kron": lambda op=op, X=X: op @ X}
+        if n <= dense_max:
+            dense = np.kron(A, B)
+            candidates["dense"] = lambda dense=dense, X=X: dense @ X
+        timed = measure(candidates, args.rounds, args.budget / 4)
+        kron_times.append(timed["kron"][0])
+        dense_times.append(timed["dense"][0] if "dense" in timed else math.nan)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.loglog(sizes, kron_times, "o-", label="kronlin Kron(A, B) @ X  (4kn³ flops)")
+    ax.loglog(sizes, dense_times, "s-", label="dense np.kron(A, B) @ X  (2kn⁴ flops)")
+    for times, power, style in ((kron_times, 3, ":"), (dense_times, 4, "--")):
+        i = max(j for j, t in enumerate(times) if not math.isnan(t))
+        ref = [times[i] * (n / sizes[i]) ** power for n in sizes]
+        ax.loglog(sizes, ref, "k" + style, lw=0.8, label=f"∝ n{'³' if power == 3 else '⁴'}")
+    ax.set_xlabel("factor size n (matrix size n²)")
+    ax.set_ylabel(f"time per product with {k} vectors [s]")
+    ax.set_title("Kronecker matmat vs the dense product (float64)")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", lw=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=130)
+    print(f"\nscaling plot: {path}  (n = {sizes}; dense up to n = {dense_max})")
+    for n, t_kron, t_dense in zip(sizes, kron_times, dense_times, strict=True):
+        print(f"  n = {n:4d}: Kron {t_kron * 1e3:9.3f} ms   dense {t_dense * 1e3:9.3f} ms")
+
+
+def header() -> None:
+    """Machine, BLAS kernel and thread counts: what the numbers depend on."""
+    from threadpoolctl import threadpool_info
+
+    print(f"kronlin {kl.__version__}, NumPy {np.__version__}, {os.cpu_count()} CPUs")
+    for pool in threadpool_info():
+        print(f"  {pool['internal_api']:9s} {pool.get('architecture') or '':10s} "
+              f"{pool['num_threads']} threads  {os.path.basename(pool['filepath'])}")
+    pinned = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if v in os.environ]
+    if pinned:
+        print(f"  note: {', '.join(pinned)} set; unset both for this command to let OpenBLAS pick its kernel")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="half the sizes, one timed round")
+    parser.add_argument("--plot", default="results/kron_scaling.png", help="where to save the scaling plot")
+    args = parser.parse_args()
+    args.rounds, args.budget = (1, 1.0) if args.quick else (5, 3.0)
+    scale = 2 if args.quick else 1
+    start = time.perf_counter()
+
+    header()
+    libs = optional_libraries()
+    cases: dict[str, Case] = {}
+    gemm = {}
+    for dtype in ("float64", "float32"):
+        n = 512 // scale
+        gemm[dtype] = gemm_rate(n, 64, dtype, args)
+        print(f"\nplain GEMM ({n}×{n}) @ ({n}×{n * 64}), {dtype}: {gemm[dtype]:.1f} GFLOP/s")
+        cases[f"large {dtype}"] = two_large_factors(libs, n, 64, dtype, args)
+        print_case(cases[f"large {dtype}"], gemm[dtype])
+        cases[f"small {dtype}"] = many_small_factors(libs, 16, 4, 256 // scale, dtype, args)
+        print_case(cases[f"small {dtype}"], gemm[dtype])
+        cases[f"khatri_rao {dtype}"] = khatri_rao(64, 4096 // scale, dtype, args)
+        print_case(cases[f"khatri_rao {dtype}"], None)
+        for i, case in enumerate(damped_solve(libs, 256 // scale, 128 // scale, 16, dtype, args)):
+            cases[f"damped {i} {dtype}"] = case
+            print_case(case, gemm[dtype])
+        setup, apply = kron_diff(256 // scale, 128 // scale, 16, dtype, args)
+        cases[f"kron_diff setup {dtype}"], cases[f"kron_diff apply {dtype}"] = setup, apply
+        print_case(setup, None)
+        print_case(apply, None)
+        setup, apply = block_operators(libs, [128 // scale] * 4, [64 // scale] * 4, 16, dtype, args)
+        cases[f"block setup {dtype}"], cases[f"block apply {dtype}"] = setup, apply
+        print_case(setup, None)
+        print_case(apply, None)
+
+    print("\ntargets (ratios of times measured above, in this run):")
+    print("\n".join(verdicts(cases)))
+    sizes = [8, 16, 32, 64] if args.quick else [8, 16, 24, 32, 48, 64, 96, 128, 256, 512]
+    scaling_plot(args.plot, sizes, 32 if args.quick else 64, 16, args)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

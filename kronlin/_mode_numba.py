@@ -1,0 +1,256 @@
+"""Numba kernels for the mode products of small Kronecker factors on NumPy arrays (CPU).
+
+BLAS is at its best on large GEMMs. A mode product with a small factor is a batch of GEMMs whose
+inner dimension is the factor size (say 16): OpenBLAS then spends about as long packing operands,
+and synchronizing its threads once per GEMM of the batch, as it spends multiplying, and every
+mode product streams the whole tensor through memory once. The kernels here run one parallel
+loop per pass with no packing, and apply two factors on adjacent axes in one pass while a tile
+of the tensor sits in cache (:func:`pair_product`), so four factors cost two passes over memory
+instead of four; the intermediates alternate between two buffers (two allocations per chain, not
+one per factor). :func:`kronlin._mode.kron_matmat` decides when they are used;
+``tests/kronlin/test_mode_numba.py`` keeps the NumPy expression as the reference.
+
+Compile time: the kernels compile on their first call for each dtype (a few seconds for
+float32 and float64 each) and are cached on disk (``cache=True``: ``kronlin/__pycache__``, or
+``NUMBA_CACHE_DIR`` where that is not writable), so later processes load them in well under a
+second. Benchmarks call them once in their setup, outside the timed region.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numba
+import numpy as np
+from numba import prange
+
+TILE = 128
+"""Entries along the contiguous axis per parallel task of :func:`mode_product`: the four
+source rows and four output rows in flight (8 KiB in float64) stay in L1."""
+
+PAIR_ROWS = 1024
+"""Most rows (``c·r`` of the two factors) of the in-cache tile of :func:`pair_product`."""
+
+PAIR_TILE_ENTRIES = 65536
+"""Entries of that tile (512 KiB in float64, one L2 cache here): its width is this / rows."""
+
+_FASTMATH = {"contract"}  # fused multiply-adds; no reassociation beyond what is written
+
+
+@numba.njit(inline="always")
+def _row(X, swap, b, j, lo, hi):
+    """Row ``j`` of batch ``b`` of a 3-D array: ``X[b, j, lo:hi]``, or ``X[j, b, lo:hi]`` if ``swap``."""
+    if swap:
+        return X[j, b, lo:hi]
+    return X[b, j, lo:hi]
+
+
+@numba.njit(inline="always")
+def _store(o, a, value, first):
+    """``o[a] = value`` for the first source rows, ``o[a] += value`` after: no zeroing pass.
+
+    ``first`` is loop-invariant, so LLVM unswitches the vector loop on it.
+    """
+    if first:
+        o[a] = value
+    else:
+        o[a] += value
+
+
+@numba.njit(inline="always", fastmath=_FASTMATH)
+def _four_rows(F, i, src, s_swap, s_lo, dst, d_swap, d_lo, b, w):
+    """Rows ``i … i+3`` of ``dst`` (batch ``b``) ``= F[i:i+4] @`` the rows of ``src`` (batch ``b``).
+
+    Register blocking: every loaded source entry feeds four output rows, and four source rows
+    are summed per output entry before it is stored, so the vector loop issues about one load
+    per FMA instead of the three (source, accumulator load and store) of a plain ``axpy``.
+    """
+    c = F.shape[1]
+    o0 = _row(dst, d_swap, b, i, d_lo, d_lo + w)
+    o1 = _row(dst, d_swap, b, i + 1, d_lo, d_lo + w)
+    o2 = _row(dst, d_swap, b, i + 2, d_lo, d_lo + w)
+    o3 = _row(dst, d_swap, b, i + 3, d_lo, d_lo + w)
+    c4 = c - c % 4
+    for j in range(0, c4, 4):
+        s0 = _row(src, s_swap, b, j, s_lo, s_lo + w)
+        s1 = _row(src, s_swap, b, j + 1, s_lo, s_lo + w)
+        s2 = _row(src, s_swap, b, j + 2, s_lo, s_lo + w)
+        s3 = _row(src, s_swap, b, j + 3, s_lo, s_lo + w)
+        a0, a1, a2, a3 = F[i, j], F[i, j + 1], F[i, j + 2], F[i, j + 3]
+        b0, b1, b2, b3 = F[i + 1, j], F[i + 1, j + 1], F[i + 1, j + 2], F[i + 1, j + 3]
+        c0, c1, c2, c3 = F[i + 2, j], F[i + 2, j + 1], F[i + 2, j + 2], F[i + 2, j + 3]
+        d0, d1, d2, d3 = F[i + 3, j], F[i + 3, j + 1], F[i + 3, j + 2], F[i + 3, j + 3]
+        first = j == 0
+        for a in range(w):
+            x0, x1, x2, x3 = s0[a], s1[a], s2[a], s3[a]
+            _store(o0, a, (a0 * x0 + a1 * x1) + (a2 * x2 + a3 * x3), first)
+            _store(o1, a, (b0 * x0 + b1 * x1) + (b2 * x2 + b3 * x3), first)
+            _store(o2, a, (c0 * x0 + c1 * x1) + (c2 * x2 + c3 * x3), first)
+            _store(o3, a, (d0 * x0 + d1 * x1) + (d2 * x2 + d3 * x3), first)
+    for j in range(c4, c):
+        s = _row(src, s_swap, b, j, s_lo, s_lo + w)
+        f0, f1, f2, f3 = F[i, j], F[i + 1, j], F[i + 2, j], F[i + 3, j]
+        first = j == 0
+        for a in range(w):
+            x = s[a]
+            _store(o0, a, f0 * x, first)
+            _store(o1, a, f1 * x, first)
+            _store(o2, a, f2 * x, first)
+            _store(o3, a, f3 * x, first)
+
+
+@numba.njit(inline="always", fastmath=_FASTMATH)
+def _one_row(F, i, src, s_swap, s_lo, dst, d_swap, d_lo, b, w):
+    """Row ``i`` of ``dst`` (batch ``b``) ``= F[i] @`` the rows of ``src`` (the rows left over by fours)."""
+    o = _row(dst, d_swap, b, i, d_lo, d_lo + w)
+    for j in range(F.shape[1]):
+        s = _row(src, s_swap, b, j, s_lo, s_lo + w)
+        f = F[i, j]
+        first = j == 0
+        for a in range(w):
+            _store(o, a, f * s[a], first)
+
+
+@numba.njit(inline="always", fastmath=_FASTMATH)
+def _product(F, src, s_swap, s_lo, dst, d_swap, d_lo, b, w):
+    """``dst`` rows ``= F @ src`` rows for batch ``b``, on ``w`` entries from ``s_lo``/``d_lo``."""
+    r = F.shape[0]
+    r4 = r - r % 4
+    for i in range(0, r4, 4):
+        _four_rows(F, i, src, s_swap, s_lo, dst, d_swap, d_lo, b, w)
+    for i in range(r4, r):
+        _one_row(F, i, src, s_swap, s_lo, dst, d_swap, d_lo, b, w)
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def mode_product(F, T, out):
+    r"""Multiply ``F`` into the middle axis of ``T``: ``out[b] = F @ T[b]`` for every ``b``.
+
+    Args:
+        F: shape ``(r, c)``, C-contiguous.
+        T: shape ``(before, c, after)``, C-contiguous, same dtype as ``F``.
+        out: shape ``(before, r, after)``, C-contiguous, same dtype; overwritten.
+
+    Cost: ``2·before·r·c·after`` flops in ``before·⌈after/TILE⌉`` parallel tasks.
+
+    """
+    before, _, after = T.shape
+    tiles = (after + TILE - 1) // TILE
+    for task in prange(before * tiles):
+        b = task // tiles
+        lo = (task - b * tiles) * TILE
+        _product(F, T, False, lo, out, False, lo, b, min(TILE, after - lo))
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def pair_product(F_lo, F_hi, hi_first, T, out, scratch):
+    r"""Multiply ``F_lo`` and ``F_hi`` into the two middle axes of ``T`` in one pass.
+
+    ``out[p] = (F_lo ⊗ F_hi) T[p]`` as mode products: for each ``p`` and each tile of ``width``
+    entries of the last axis, the first factor's product goes to a per-thread scratch tile in
+    cache and the second's from there to ``out``.
+
+    Args:
+        F_lo: shape ``(r_lo, c_lo)``, C-contiguous.
+        F_hi: shape ``(r_hi, c_hi)``, C-contiguous.
+        hi_first: apply ``F_hi`` first (the cheaper order is chosen by the caller).
+        T: shape ``(P, c_lo, c_hi, Q)``, C-contiguous.
+        out: shape ``(P, r_lo, r_hi, Q)``, C-contiguous; overwritten.
+        scratch: shape ``(threads, rows·width)`` with ``rows = max(c_lo·r_hi, r_lo·c_hi)``: one
+            tile of ``width`` entries of the last axis per thread (``numba.get_num_threads()``).
+
+    Cost: the flops of the two mode products, one read of ``T`` and one write of ``out``.
+
+    """
+    P, c_lo, c_hi, Q = T.shape
+    r_lo, r_hi = F_lo.shape[0], F_hi.shape[0]
+    width = scratch.shape[1] // max(c_lo * r_hi, r_lo * c_hi)
+    tiles = (Q + width - 1) // width
+    for task in prange(P * tiles):
+        p = task // tiles
+        lo = (task - p * tiles) * width
+        w = min(width, Q - lo)
+        src, dst = T[p], out[p]
+        if hi_first:
+            # tmp[a] = F_hi @ src[a, :, tile];  dst[:, h, tile] = F_lo @ tmp[:, h]
+            tmp = scratch[numba.get_thread_id(), : c_lo * r_hi * width].reshape(c_lo, r_hi, width)
+            for a in range(c_lo):
+                _product(F_hi, src, False, lo, tmp, False, 0, a, w)
+            for h in range(r_hi):
+                _product(F_lo, tmp, True, 0, dst, True, lo, h, w)
+        else:
+            # tmp[:, h] = F_lo @ src[:, h, tile];  dst[i, :, tile] = F_hi @ tmp[i]
+            tmp = scratch[numba.get_thread_id(), : r_lo * c_hi * width].reshape(r_lo, c_hi, width)
+            for h in range(c_hi):
+                _product(F_lo, src, True, lo, tmp, True, 0, h, w)
+            for i in range(r_lo):
+                _product(F_hi, tmp, False, 0, dst, False, lo, i, w)
+
+
+def kron_matmat(factors: Sequence[np.ndarray], X: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    """``(F₁ ⊗ … ⊗ Fₙ) X`` for a NumPy block ``X`` of shape ``(∏cⱼ, k)``, mode products in ``order``.
+
+    Consecutive steps of ``order`` on adjacent axes whose tile fits :data:`PAIR_ROWS` run as one
+    :func:`pair_product` pass; the others as :func:`mode_product` passes. Passes alternate
+    between two buffers, the last one writing the result, of shape ``(∏rⱼ, k)``.
+    """
+    mats = [np.ascontiguousarray(f) for f in factors]
+    dims = [m.shape[1] for m in mats]
+    passes = _passes(mats, dims, order)
+    trail = X.shape[1]
+    sizes = [math.prod(p[-1]) * trail for p in passes]  # entries written by each pass
+    n = len(passes)
+    # pass s writes buffer (n - s) % 2, so the last pass writes buffer 1: the result
+    buffers = [
+        np.empty(max((size for s, size in enumerate(sizes) if (n - s) % 2 == w), default=0), X.dtype)
+        for w in (0, 1)
+    ]
+    T = np.ascontiguousarray(X)
+    for s, (axes, dims_in, _) in enumerate(passes):
+        T = _run_pass(mats, axes, dims_in, T, buffers[(n - s) % 2][: sizes[s]], trail)
+    return T.reshape(-1, trail)
+
+
+def _passes(mats, dims, order):
+    """Plan the passes: ``(axes, dims in, dims out)`` each, ``axes`` one axis or an adjacent pair."""
+    passes = []
+    s = 0
+    while s < len(order):
+        j = order[s]
+        pair = order[s : s + 2] if s + 1 < len(order) else [j]
+        if len(pair) == 2 and abs(pair[0] - pair[1]) == 1 and _pair_rows(mats, pair) <= PAIR_ROWS:
+            axes = tuple(pair)
+        else:
+            axes = (j,)
+        before = list(dims)
+        for a in axes:
+            dims[a] = mats[a].shape[0]
+        passes.append((axes, before, list(dims)))
+        s += len(axes)
+    return passes
+
+
+def _pair_rows(mats, pair):
+    """Rows of the scratch tile of a pair pass (the larger of its two orders)."""
+    lo, hi = sorted(pair)
+    (r_lo, c_lo), (r_hi, c_hi) = mats[lo].shape, mats[hi].shape
+    return max(c_lo * r_hi, r_lo * c_hi)
+
+
+def _run_pass(mats, axes, dims, T, out, trail):
+    """Run one planned pass on ``T`` (entries in row-major ``(*dims, trail)`` order) into ``out``."""
+    if len(axes) == 1:
+        (j,) = axes
+        before, after = math.prod(dims[:j]), math.prod(dims[j + 1 :]) * trail
+        out3 = out.reshape(before, mats[j].shape[0], after)
+        mode_product(mats[j], T.reshape(before, dims[j], after), out3)
+        return out3
+    lo, hi = sorted(axes)
+    before, after = math.prod(dims[:lo]), math.prod(dims[hi + 1 :]) * trail
+    out4 = out.reshape(before, mats[lo].shape[0], mats[hi].shape[0], after)
+    rows = _pair_rows(mats, axes)
+    scratch = np.empty((numba.get_num_threads(), rows * max(16, PAIR_TILE_ENTRIES // rows)), T.dtype)
+    pair_product(mats[lo], mats[hi], axes[0] == hi, T.reshape(before, dims[lo], dims[hi], after), out4,
+                 scratch)
+    return out4

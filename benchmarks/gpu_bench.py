@@ -77,7 +77,7 @@ def kron_rows(n: int, k: int, dtype, device, reps: int) -> list[tuple]:
     flops = 4 * k * n**3
     rows = []
     gemm = timer(device, lambda: A @ C, reps)
-    rows.append((f"cuBLAS GEMM ({n}×{n})@({n}×{n * k})", gemm, flops / 2, None))
+    rows.append((f"GEMM ({n}×{n}) @ ({n}×{n * k})  (cuBLAS on GPU)", gemm, flops / 2, None))
     plain = timer(device, lambda: A @ X3 @ B.T, reps)
     rows.append((f"plain A @ X @ B.T, n={n}, k={k}", plain, flops, plain))
     rows.append(("  Kron(A, B) @ X  (row-major X)", timer(device, lambda: op @ X, reps), flops, plain))

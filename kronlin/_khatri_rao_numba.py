@@ -6,7 +6,7 @@ kernels write each output row straight from the two input rows on all of Numba's
 caller's ``out`` when given (no allocation, no page faults). ``tests/kronlin/test_khatri_rao_numba.py``
 keeps the NumPy expression as the reference.
 
-Compile time: a few seconds per dtype on the first call, then cached on disk (``cache=True``).
+Compile time: about 2 s per dtype on the first call, then cached on disk (``cache=True``).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ import array_api_compat
 from ._backend import Array
 
 NUMBA_MAX_FACTOR = 16
-"""Largest factor side sent to the Numba kernel (measured: BLAS is as fast from 32 on)."""
+"""Largest factor side sent to the Numba kernel (measured: BLAS is as fast or faster from 32 on)."""
 
 NUMBA_MIN_RHS = 32
 """Fewest right-hand sides for the Numba kernel: its vector loops run along them."""
@@ -94,7 +94,15 @@ def kron_matmat(
 
     Cost: one (batched) GEMM per factor, :func:`chain_flops` in :func:`application_order`.
 
+    Raises:
+        ValueError: an unknown ``kernel``.
+        TypeError: ``kernel="numba"`` with arrays that are not NumPy arrays.
+
     """
+    if kernel not in ("auto", "xp", "numba"):
+        raise ValueError(f"kernel: expected 'auto', 'xp' or 'numba', got {kernel!r}")
+    if kernel == "numba" and not array_api_compat.is_numpy_array(X):
+        raise TypeError(f"kernel='numba' needs NumPy arrays, got {type(X).__name__}")
     mats = [f.T for f in factors] if transpose else list(factors)
     order = application_order([tuple(m.shape) for m in mats])
     if kernel == "numba" or (kernel == "auto" and _numba_pays(mats, X)):

@@ -10,10 +10,11 @@ instead of four; the intermediates alternate between two buffers (two allocation
 one per factor). :func:`kronlin._mode.kron_matmat` decides when they are used;
 ``tests/kronlin/test_mode_numba.py`` keeps the NumPy expression as the reference.
 
-Compile time: the kernels compile on their first call for each dtype (a few seconds for
-float32 and float64 each) and are cached on disk (``cache=True``: ``kronlin/__pycache__``, or
-``NUMBA_CACHE_DIR`` where that is not writable), so later processes load them in well under a
-second. Benchmarks call them once in their setup, outside the timed region.
+Compile time: the kernels compile on their first call for each dtype (about 10 s for float32
+and again for float64 on the 2-core development machine) and are cached on disk
+(``cache=True``: ``kronlin/__pycache__``, or Numba's user cache directory where that is not
+writable, or ``NUMBA_CACHE_DIR``), so later processes load them in about a second. Benchmarks
+call them once in their setup, outside the timed region.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ PAIR_TILE_ENTRIES = 65536
 
 _FASTMATH = {"contract"}  # fused multiply-adds; no reassociation beyond what is written
 
+# NumPy scalars rather than Python literals as call arguments: Numba compiles one version of a
+# helper per combination of literal arguments (and took a minute to compile these kernels)
+_NO_SWAP, _SWAP, _ZERO = np.bool_(False), np.bool_(True), np.intp(0)
+
 
 @numba.njit(inline="always")
 def _row(X, swap, b, j, lo, hi):
@@ -58,7 +63,7 @@ def _store(o, a, value, first):
         o[a] += value
 
 
-@numba.njit(inline="always", fastmath=_FASTMATH)
+@numba.njit(fastmath=_FASTMATH)
 def _four_rows(F, i, src, s_swap, s_lo, dst, d_swap, d_lo, b, w):
     """Rows ``i … i+3`` of ``dst`` (batch ``b``) ``= F[i:i+4] @`` the rows of ``src`` (batch ``b``).
 
@@ -100,7 +105,7 @@ def _four_rows(F, i, src, s_swap, s_lo, dst, d_swap, d_lo, b, w):
             _store(o3, a, f3 * x, first)
 
 
-@numba.njit(inline="always", fastmath=_FASTMATH)
+@numba.njit(fastmath=_FASTMATH)
 def _one_row(F, i, src, s_swap, s_lo, dst, d_swap, d_lo, b, w):
     """Row ``i`` of ``dst`` (batch ``b``) ``= F[i] @`` the rows of ``src`` (the rows left over by fours)."""
     o = _row(dst, d_swap, b, i, d_lo, d_lo + w)
@@ -112,7 +117,7 @@ def _one_row(F, i, src, s_swap, s_lo, dst, d_swap, d_lo, b, w):
             _store(o, a, f * s[a], first)
 
 
-@numba.njit(inline="always", fastmath=_FASTMATH)
+@numba.njit(fastmath=_FASTMATH)
 def _product(F, src, s_swap, s_lo, dst, d_swap, d_lo, b, w):
     """``dst`` rows ``= F @ src`` rows for batch ``b``, on ``w`` entries from ``s_lo``/``d_lo``."""
     r = F.shape[0]
@@ -140,7 +145,7 @@ def mode_product(F, T, out):
     for task in prange(before * tiles):
         b = task // tiles
         lo = (task - b * tiles) * TILE
-        _product(F, T, False, lo, out, False, lo, b, min(TILE, after - lo))
+        _product(F, T, _NO_SWAP, lo, out, _NO_SWAP, lo, b, min(TILE, after - lo))
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -176,16 +181,16 @@ def pair_product(F_lo, F_hi, hi_first, T, out, scratch):
             # tmp[a] = F_hi @ src[a, :, tile];  dst[:, h, tile] = F_lo @ tmp[:, h]
             tmp = scratch[numba.get_thread_id(), : c_lo * r_hi * width].reshape(c_lo, r_hi, width)
             for a in range(c_lo):
-                _product(F_hi, src, False, lo, tmp, False, 0, a, w)
+                _product(F_hi, src, _NO_SWAP, lo, tmp, _NO_SWAP, _ZERO, a, w)
             for h in range(r_hi):
-                _product(F_lo, tmp, True, 0, dst, True, lo, h, w)
+                _product(F_lo, tmp, _SWAP, _ZERO, dst, _SWAP, lo, h, w)
         else:
             # tmp[:, h] = F_lo @ src[:, h, tile];  dst[i, :, tile] = F_hi @ tmp[i]
             tmp = scratch[numba.get_thread_id(), : r_lo * c_hi * width].reshape(r_lo, c_hi, width)
             for h in range(c_hi):
-                _product(F_lo, src, True, lo, tmp, True, 0, h, w)
+                _product(F_lo, src, _SWAP, lo, tmp, _SWAP, _ZERO, h, w)
             for i in range(r_lo):
-                _product(F_hi, tmp, False, 0, dst, False, lo, i, w)
+                _product(F_hi, tmp, _NO_SWAP, _ZERO, dst, _NO_SWAP, lo, i, w)
 
 
 def kron_matmat(factors: Sequence[np.ndarray], X: np.ndarray, order: Sequence[int]) -> np.ndarray:

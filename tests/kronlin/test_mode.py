@@ -113,6 +113,14 @@ def test_auto_kernel_rule():
     assert not _numba_pays([f.astype(np.float32) for f in small], X)
 
 
+def test_kernel_argument_errors():
+    with pytest.raises(ValueError, match="kernel: expected 'auto', 'xp' or 'numba', got 'blas'"):
+        kron_matmat(np, [np.eye(2)], np.ones((2, 1)), kernel="blas")
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="kernel='numba' needs NumPy arrays"):
+        kron_matmat(_backend.namespace(torch.eye(2)), [torch.eye(2)], torch.ones(2, 1), kernel="numba")
+
+
 # -- torch/CUDA: no host synchronization inside apply ----------------------------------------------
 
 def _operators(rng, backend, dtype):

@@ -18,6 +18,7 @@ Usage::
     python benchmarks/compare.py                    # about 3 minutes on 2 cores
     python benchmarks/compare.py --quick            # half the sizes, one round: a smoke test
     python benchmarks/compare.py --plot results/kron_scaling.png
+    python benchmarks/compare.py --markdown docs/results/performance/compare.md
 
 On machines where ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE`` pin a slower kernel, unset both for
 the benchmark command only (``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python ...``); the
@@ -44,6 +45,11 @@ import numpy as np
 
 import kronlin as kl
 from kronlin._mode import kron_matmat
+
+try:
+    from ._report import recorded  # imported as benchmarks.compare (asv discovery)
+except ImportError:
+    from _report import recorded  # run as a script
 
 TOLERANCE = {"float64": 1e-9, "float32": 1e-3}  # relative, against kronlin's result
 PROBE, SLOW = 8, 10.0
@@ -453,7 +459,15 @@ def main() -> None:
     parser.add_argument("--plot", default="results/kron_scaling.png", help="where to save the scaling plot")
     parser.add_argument("--numpy-hugepages", action="store_true",
                         help="keep NumPy's madvise(MADV_HUGEPAGE) on large arrays (see the module docstring)")
+    parser.add_argument("--markdown", metavar="PATH",
+                        help="also save the printed tables as a Markdown fragment (for docs/results/)")
     args = parser.parse_args()
+    with recorded(args.markdown):
+        compare(args)
+
+
+def compare(args) -> None:
+    """Every case, the verdicts and the scaling plot, printed as they come."""
     _set_numpy_hugepages(args.numpy_hugepages)
     args.rounds, args.budget = (1, 1.0) if args.quick else (3, 3.0)
     scale = 2 if args.quick else 1

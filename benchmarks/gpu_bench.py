@@ -31,6 +31,11 @@ import numpy as np
 
 import kronlin as kl
 
+try:
+    from ._report import recorded  # imported as benchmarks.gpu_bench (asv discovery)
+except ImportError:
+    from _report import recorded  # run as a script
+
 
 def timer(device, fn, reps: int) -> float:
     """Median seconds of ``fn()`` over ``reps`` calls after two warm-up calls (CUDA events on GPU)."""
@@ -198,7 +203,15 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--quick", action="store_true", help="small sizes (for a smoke test on CPU)")
+    parser.add_argument("--markdown", metavar="PATH",
+                        help="also save the output as a Markdown fragment (for docs/results/)")
     args = parser.parse_args()
+    with recorded(args.markdown):
+        return measure_all(args)
+
+
+def measure_all(args) -> int:
+    """Every table of this script, printed as it comes."""
     import torch
 
     device = torch.device(args.device)

@@ -13,23 +13,36 @@ refresh (damped inverses, every T₃ steps and for the γ candidates), apply (Δ
 quadratic model (forward-mode products and the α/μ solve), ρ (the extra forward pass every T₁),
 and other (the rest: the finiteness sync, the update, bookkeeping).
 
+Next to the times, one more T₃ cycle (untimed) counts each phase's GEMM flops with
+``torch.utils.flop_counter.FlopCounterMode`` (matrix products only; factorizations are not
+counted). Their ratio to an SGD step's flops is the floor that no implementation of the same
+arithmetic can beat: the time ratio can approach it, not go below it.
+
 Usage::
 
     python benchmarks/kfac_step_cost.py                      # CPU, batch 1000, both approximations
     python benchmarks/kfac_step_cost.py --device cuda --batch 8192
+    python benchmarks/kfac_step_cost.py --markdown docs/results/performance/kfac-step.md
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections import defaultdict
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from kronlin_nn import KFAC
+
+try:
+    from ._report import recorded  # imported as benchmarks.kfac_step_cost (asv discovery)
+except ImportError:
+    from _report import recorded  # run as a script
 
 SIZES = [784, 1000, 500, 250, 30, 250, 500, 1000, 784]
 PHASES = {
@@ -58,30 +71,39 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def instrument(opt, device, totals):
-    """Wrap the optimizer's phase methods with timers (per instance)."""
-    for name, label in PHASES.items():
-        method = getattr(opt, name)
+class Meter:
+    """Per-label totals of seconds or of GEMM flops, whichever ``mode`` says."""
 
-        def timed(*args, _method=method, _label=label, **kwargs):
-            sync(device)
-            start = time.perf_counter()
-            out = _method(*args, **kwargs)
-            sync(device)
-            totals[_label] += time.perf_counter() - start
-            return out
+    def __init__(self, device):
+        self.device, self.mode = device, "seconds"
+        self.totals = {"seconds": defaultdict(float), "flops": defaultdict(float)}
 
-        setattr(opt, name, timed)
-    stats_update = opt._stats.update
-
-    def timed_update(*args):
-        sync(device)
+    @contextlib.contextmanager
+    def __call__(self, label):
+        if self.mode == "flops":
+            with FlopCounterMode(display=False) as counter:
+                yield
+            self.totals["flops"][label] += counter.get_total_flops()
+            return
+        sync(self.device)
         start = time.perf_counter()
-        stats_update(*args)
-        sync(device)
-        totals["statistics"] += time.perf_counter() - start
+        yield
+        sync(self.device)
+        self.totals["seconds"][label] += time.perf_counter() - start
 
-    opt._stats.update = timed_update
+
+def instrument(opt, meter):
+    """Wrap the optimizer's phase methods (per instance) so that ``meter`` measures each call."""
+    targets = [(opt, name, label) for name, label in PHASES.items()]
+    targets.append((opt._stats, "update", "statistics"))
+    for owner, name, label in targets:
+        method = getattr(owner, name)
+
+        def measured(*args, _method=method, _label=label, **kwargs):
+            with meter(_label):
+                return _method(*args, **kwargs)
+
+        setattr(owner, name, measured)
 
 
 def run(approx, args, device, dtype):
@@ -101,31 +123,42 @@ def run(approx, args, device, dtype):
         kfac.step(x, x)
         sgd_step()
     sync(device)
-    totals = defaultdict(float)
-    instrument(kfac, device, totals)
-    kfac_times, sgd_times = [], []
-    for _ in range(args.cycles * kfac.inverse_every):
-        start = time.perf_counter()
-        kfac.step(x, x)
-        sync(device)
-        kfac_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        sgd_step()
-        sync(device)
-        sgd_times.append(time.perf_counter() - start)
+    meter = Meter(device)
+    instrument(kfac, meter)
     T = kfac.inverse_every
+    kfac_times, sgd_times = [], []
+    for _ in range(args.cycles * T):
+        with meter("step"):
+            kfac.step(x, x)
+        kfac_times.append(meter.totals["seconds"].pop("step"))
+        with meter("sgd"):
+            sgd_step()
+        sgd_times.append(meter.totals["seconds"].pop("sgd"))
+    meter.mode = "flops"  # one more whole cycle, untimed, for the GEMM flops of each phase
+    for _ in range(T):
+        with meter("step"):
+            kfac.step(x, x)
+    with meter("sgd"):
+        sgd_step()
+
     per_cycle_kfac = [sum(kfac_times[i:i + T]) / T for i in range(0, len(kfac_times), T)]
     per_cycle_sgd = [sum(sgd_times[i:i + T]) / T for i in range(0, len(sgd_times), T)]
-    kfac_step = statistics.median(per_cycle_kfac)
-    sgd_step_time = statistics.median(per_cycle_sgd)
+    kfac_step, sgd_seconds = statistics.median(per_cycle_kfac), statistics.median(per_cycle_sgd)
+    seconds, flops = meter.totals["seconds"], meter.totals["flops"]
+    seconds["other"] = sum(kfac_times) - sum(seconds.values())
+    step_flops, sgd_flops = flops.pop("step") / T, flops.pop("sgd")
+    flops["other"] = step_flops * T - sum(flops.values())
     n = len(kfac_times)
-    totals["other"] = sum(kfac_times) - sum(totals.values())
     print(f"\n{approx}: amortized K-FAC step {kfac_step * 1e3:.1f} ms, SGD-Nesterov step "
-          f"{sgd_step_time * 1e3:.1f} ms, ratio {kfac_step / sgd_step_time:.2f}x")
-    for label in [*PHASES.values(), "other"]:
-        share = totals[label] / n
-        print(f"  {label:16s} {share * 1e3:8.1f} ms/step  {share / sgd_step_time:5.2f}x SGD")
-    return kfac_step / sgd_step_time
+          f"{sgd_seconds * 1e3:.1f} ms, ratio {kfac_step / sgd_seconds:.2f}x; GEMM flops "
+          f"{step_flops / 1e9:.2f} vs {sgd_flops / 1e9:.2f} GFLOP, ratio "
+          f"{step_flops / sgd_flops:.2f}x (the floor)")
+    print(f"  {'phase':16s} {'ms/step':>8s} {'x SGD':>6s} {'GFLOP/step':>11s} {'x SGD':>6s}")
+    for label in [*dict.fromkeys(PHASES.values()), "other"]:
+        share, work = seconds[label] / n, flops[label] / T
+        print(f"  {label:16s} {share * 1e3:8.1f} {share / sgd_seconds:6.2f} "
+              f"{work / 1e9:11.2f} {work / sgd_flops:6.2f}")
+    return kfac_step / sgd_seconds
 
 
 def main():
@@ -138,14 +171,17 @@ def main():
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quad-fraction", type=float, default=1.0,
                         help="τ₂ (default 1 as the optimizer's; the paper's text used 1/4)")
+    parser.add_argument("--markdown", metavar="PATH",
+                        help="also save the output as a Markdown fragment (for docs/results/)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    print(f"device {device}, batch {args.batch}, {args.dtype}, tau2 {args.quad_fraction}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for approx in args.approx:
-        run(approx, args, device, dtype)
+    with recorded(args.markdown):
+        print(f"device {device}, batch {args.batch}, {args.dtype}, tau2 {args.quad_fraction}, "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        for approx in args.approx:
+            run(approx, args, device, dtype)
 
 
 if __name__ == "__main__":

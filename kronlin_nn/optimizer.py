@@ -394,9 +394,10 @@ class KFAC(torch.optim.Optimizer):
         K = len(vectors)
         V = torch.stack(vectors)
         JF = self._fisher_gram(V, calls, inputs2, z, m)
-        W = torch.cat([V, grad_h[None]])
-        host = torch.cat([JF.reshape(-1), (W @ W.T).reshape(-1)]).double().cpu().numpy()
-        JF, P = host[: K * K].reshape(K, K), host[K * K:].reshape(K + 1, K + 1)
+        # P = [uᵢᵀuⱼ | uᵢᵀ∇h]: products of V with itself and with ∇h, without stacking them
+        P = torch.cat([V @ V.T, (V @ grad_h)[:, None]], dim=1)
+        host = torch.cat([JF.reshape(-1), P.reshape(-1)]).double().cpu().numpy()
+        JF, P = host[: K * K].reshape(K, K), host[K * K:].reshape(K, K + 1)
         if not np.isfinite(host).all():
             return None
         rho_damping = damping if self.rho_includes_damping else eta

@@ -122,3 +122,15 @@ def output_grad_jacobians(model, x):
     jac = jacrev(f)(zeros)  # tuple of (n, D, n, d_i)
     idx = torch.arange(x.shape[0])
     return [J[idx, :, idx, :] for J in jac]
+
+
+class SkipNet(nn.Module):
+    """3 → 4 → 4 → 3 with a skip connection: layer 3 sees the outputs of layers 1 and 2 (not a chain)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.l3 = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.l1(x))
+        return self.l3(torch.tanh(self.l2(h)) + h)

@@ -4,19 +4,7 @@ from torch import nn
 
 from kronlin_nn.capture import check_chain, forward_recorded, homogeneous, supported_layers
 
-from .helpers import tiny_mlp
-
-
-class Skip(nn.Module):
-    """Layer 3 sees the outputs of layers 1 and 2: not a chain."""
-
-    def __init__(self):
-        super().__init__()
-        self.l1, self.l2, self.l3 = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
-
-    def forward(self, x):
-        h = torch.tanh(self.l1(x))
-        return self.l3(torch.tanh(self.l2(h)) + h)
+from .helpers import SkipNet, tiny_mlp
 
 
 class Reordered(nn.Module):
@@ -59,7 +47,7 @@ def test_records_in_call_order_and_chain_check():
 
 
 def test_skip_connections_are_not_a_chain():
-    model = Skip()
+    model = SkipNet()
     _, calls = forward_recorded(model, supported_layers(model), torch.randn(5, 3))
     with pytest.raises(ValueError, match=r"depends on layers \[0, 1\], expected \[1\]"):
         check_chain(calls)

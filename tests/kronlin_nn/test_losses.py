@@ -4,6 +4,8 @@ from torch import nn
 
 from kronlin_nn.losses import predictive_distribution
 
+from .helpers import output_fisher as dense_fisher
+
 N, D = 7, 4
 LOSSES = ["mse", "bce", "ce"]
 
@@ -21,17 +23,6 @@ def make(kind: str, reduction: str = "mean"):
     else:
         y = torch.randint(0, D, (N,), generator=g)
     return loss_fn, z, y
-
-
-def dense_fisher(kind: str, z: torch.Tensor) -> torch.Tensor:
-    """F_R per case, shape (n, D, D), from the textbook formulas."""
-    if kind == "mse":
-        return 2 * torch.eye(D, dtype=torch.float64).expand(z.shape[0], D, D)
-    if kind == "bce":
-        p = torch.sigmoid(z)
-        return torch.diag_embed(p * (1 - p))
-    p = torch.softmax(z, 1)
-    return torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
 
 
 @pytest.mark.parametrize("kind", LOSSES)

@@ -11,6 +11,7 @@ from kronlin_nn.curvature import FactorError, KFACWarning
 
 from .helpers import (
     LOSS_CLASSES,
+    SkipNet,
     data,
     dense_ggn,
     flat_params,
@@ -489,19 +490,10 @@ def test_configuration_errors_name_the_keyword(kwargs, match):
 
 
 def test_tridiag_needs_a_chain():
-    class Skip(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.l1, self.l2, self.l3 = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 3)
-
-        def forward(self, x):
-            h = torch.tanh(self.l1(x))
-            return self.l3(torch.tanh(self.l2(h)) + h)
-
     x, y = data("mse", 8, 3, 3, dtype=torch.float32)
     with pytest.raises(ValueError, match="chain"):
-        KFAC(Skip(), nn.MSELoss(), approx="tridiag").step(x, y)
-    assert KFAC(Skip(), nn.MSELoss()).step(x, y)["accepted"]  # block-diagonal needs no chain
+        KFAC(SkipNet(), nn.MSELoss(), approx="tridiag").step(x, y)
+    assert KFAC(SkipNet(), nn.MSELoss()).step(x, y)["accepted"]  # block-diagonal needs no chain
 
 
 def test_fixed_step_sizes_and_param_group_lr():

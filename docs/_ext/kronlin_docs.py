@@ -33,6 +33,7 @@ import importlib
 import json
 import math
 import pkgutil
+import re
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +300,37 @@ def drop_inherited_type_docs(app: Sphinx, what: str, name: str, obj: Any, option
         lines.clear()
 
 
+_VIEWCODE_BACK = re.compile(
+    r'(<div class="viewcode-block" id="(?P<name>[^"]+)">\s*<a class="viewcode-back" '
+    r'href="[^"#]*#)(?P<anchor>[^"]+)"'
+)
+
+
+def fix_viewcode_backlinks(app: Sphinx, pagename: str, templatename: str,
+                           context: dict[str, Any], doctree: Any) -> None:
+    """Point each ``[docs]`` link of a highlighted module at the name it is documented under.
+
+    Sphinx's viewcode builds every ``[docs]`` link of a module's source page from the module
+    name under which it *first* met one of the module's objects: once ``kronlin_nn.PolyakAverage``
+    (a re-export of ``kronlin_nn.schedules.PolyakAverage``) is documented, the link of
+    ``kronlin_nn.schedules.sutskever_momentum``, documented under its own module, became
+    ``#kronlin_nn.sutskever_momentum``, an anchor that does not exist. Where the anchor is not
+    a documented object but ``module.name`` is, the link is rewritten to it.
+    """
+    if not pagename.startswith("_modules/") or "body" not in context:
+        return
+    modname = pagename.removeprefix("_modules/").replace("/", ".")
+    objects = app.env.get_domain("py").objects
+
+    def relink(match: re.Match[str]) -> str:
+        anchor, real = match["anchor"], f"{modname}.{match['name']}"
+        if anchor not in objects and real in objects:
+            anchor = objects[real].node_id
+        return f'{match[1]}{anchor}"'
+
+    context["body"] = _VIEWCODE_BACK.sub(relink, context["body"])
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("results-figure", ResultsFigure)
     app.add_directive("results-include", ResultsInclude)
@@ -306,4 +338,5 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("api_coverage_packages", [], "env")
     app.connect("env-check-consistency", check_api_coverage)
     app.connect("autodoc-process-docstring", drop_inherited_type_docs)
+    app.connect("html-page-context", fix_viewcode_backlinks)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -20,7 +20,7 @@ from typing import Any
 
 __all__ = [
     "BASELINE_MARK", "NEVER", "crossing", "describe_run", "describe_search", "format_table",
-    "format_text", "legend", "markdown_report", "summarize",
+    "format_text", "legend", "markdown_report", "summarize", "table_cells",
 ]
 
 
@@ -96,7 +96,7 @@ def summarize(
 def _columns(summary: Mapping[str, Any], baseline: str) -> list[tuple[str, str, str]]:
     """(summary key, column title, legend text) of the table; ratios only if the baseline ran."""
     columns = [
-        ("optimizer", "optimizer", "the --optimizer name"),
+        ("optimizer", "optimizer", ""),  # self-explanatory: not in the legend
         ("iterations", "iters", "steps taken"),
         ("seconds", "time (s)", "timed seconds (the steps only, not the evaluations)"),
         ("final_batch_size", "m", "mini-batch size of the last step"),
@@ -121,8 +121,10 @@ BASELINE_MARK = "–"  # a ratio column in the baseline's own row
 NEVER = "never"  # a run that did not reach the baseline's final error
 
 
-def _table(summary: Mapping[str, Mapping[str, Any]], baseline: str) -> tuple[list[str], list[list[str]]]:
-    """Column titles and cells."""
+def table_cells(
+    summary: Mapping[str, Mapping[str, Any]], baseline: str = "sgd"
+) -> tuple[list[str], list[list[str]]]:
+    """The results table's column titles and its rows of formatted cells (see :func:`legend`)."""
     columns = _columns(summary, baseline)
     rows = []
     for name, row in summary.items():
@@ -139,8 +141,8 @@ def _table(summary: Mapping[str, Mapping[str, Any]], baseline: str) -> tuple[lis
 
 
 def legend(summary: Mapping[str, Mapping[str, Any]], baseline: str = "sgd") -> list[str]:
-    """The table's legend: one line per column, then the meaning of its marks."""
-    lines = [f"{title}: {text}" for _, title, text in _columns(summary, baseline)]
+    """The table's legend: one line per column after the first, then the meaning of its marks."""
+    lines = [f"{title}: {text}" for _, title, text in _columns(summary, baseline)[1:]]
     if baseline in summary:
         lines.append(f"{BASELINE_MARK}: {baseline} is the baseline itself; {NEVER}: did not reach "
                      f"{baseline}'s final error within the budget")
@@ -158,7 +160,7 @@ def format_table(summary: Mapping[str, Mapping[str, Any]], baseline: str = "sgd"
         The table, one row per method, then its legend as a Markdown list.
 
     """
-    header, rows = _table(summary, baseline)
+    header, rows = table_cells(summary, baseline)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     lines += [""] + [f"- {line}" for line in legend(summary, baseline)]
@@ -179,7 +181,7 @@ def format_text(summary: Mapping[str, Mapping[str, Any]], baseline: str = "sgd")
         The table and its legend.
 
     """
-    header, rows = _table(summary, baseline)
+    header, rows = table_cells(summary, baseline)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:

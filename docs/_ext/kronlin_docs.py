@@ -145,7 +145,7 @@ def _log_nodes(log: str) -> list[nodes.Node]:
     for block in parse_log(log):
         if isinstance(block, Line):
             node = nodes.rubric if block.heading else nodes.paragraph
-            out.append(node(text=block.text, classes=["results-log"]))
+            out.append(node(text=block.text, classes=["results-log"], support_smartquotes=False))
         else:
             out.append(_table(block.header, block.rows))
     return out
@@ -153,7 +153,8 @@ def _log_nodes(log: str) -> list[nodes.Node]:
 
 def _table(header: list[str] | None, rows: list[list[str]]) -> nodes.table:
     """A results table; a column whose cells start with numbers is right-aligned."""
-    table = nodes.table(classes=["results-table"])
+    # Measured output as printed: no typographic quotes, dashes or ellipses ("..." stays).
+    table = nodes.table(classes=["results-table"], support_smartquotes=False)
     width = len(header) if header else max(len(r) for r in rows)
     numeric = [any(is_numeric(r[i]) for r in rows)
                and all(is_numeric(r[i]) or r[i] in _MARKS for r in rows) for i in range(width)]

@@ -176,7 +176,8 @@ def _table(header: list[str] | None, rows: list[list[str]]) -> nodes.table:
 def _row(cells: list[str], numeric: list[bool]) -> nodes.row:
     row = nodes.row()
     for cell, right in zip(cells, numeric, strict=True):
-        entry = nodes.entry(classes=["numeric"] if right else [])
+        # Numbers right-aligned; numbers and short cells ("ok 0e+00") kept on one line.
+        entry = nodes.entry(classes=["numeric"] if right else ["short"] if len(cell) <= 16 else [])
         entry += nodes.paragraph(text=cell)
         row += entry
     return row

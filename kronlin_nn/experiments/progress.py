@@ -15,6 +15,7 @@ it was measured at and its age in timed seconds.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -63,6 +64,9 @@ class Progress:
                 desc=name,
                 unit="s",
                 file=self.stream,
+                # On a terminal that reports no size (a pseudo-terminal never sized) tqdm would
+                # hide the bar: draw it 100 columns wide there.
+                **({} if _sized(self.stream) else {"ncols": 100, "nrows": 24}),
                 bar_format="{desc:<26}"
                 + ("{percentage:3.0f}%|{bar:16}| {n:.1f}/{total:g} s" if timed else "{n:.1f} s")
                 + "{postfix}",
@@ -114,3 +118,11 @@ class Progress:
         self.stream.write(line + (f", {suffix}" if suffix else "") + "\n")
         self.stream.flush()
         self.last_line = self.clock()
+
+
+def _sized(stream: TextIO) -> bool:
+    """Whether the terminal behind ``stream`` reports a size (columns and lines)."""
+    try:
+        return min(os.get_terminal_size(stream.fileno())) > 0
+    except (AttributeError, OSError, ValueError):  # no file descriptor, or not a terminal
+        return False

@@ -1,5 +1,6 @@
 import io
 import math
+import os
 import re
 
 import pytest
@@ -73,3 +74,17 @@ def test_on_a_terminal_the_bar_shows_the_live_iteration_and_the_error_age():
 def test_bad_spacing_is_refused():
     with pytest.raises(ValueError, match="every must be >= 0 seconds, got -1"):
         Progress("x", 1.0, stream=io.StringIO(), every=-1)
+
+
+def test_a_pseudo_terminal_that_reports_no_size_still_shows_the_bar():
+    pty = pytest.importorskip("pty")  # POSIX only
+    master, slave = pty.openpty()  # never sized: 0 columns, 0 lines
+    try:
+        with os.fdopen(slave, "w", encoding="utf-8") as screen:
+            report = Progress("kfac-blockdiag", 1.0, stream=screen)
+            report.step(1, 1.0, 5)
+            report.close()
+        shown = os.read(master, 65536).decode()
+    finally:
+        os.close(master)
+    assert "100%|" in shown and "it 1, m 5" in shown

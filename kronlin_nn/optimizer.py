@@ -128,8 +128,12 @@ class KFAC(torch.optim.Optimizer):
         damping_every: :math:`T_1`; :math:`\omega_1 = 0.95^{T_1}`.
         gamma_every: :math:`T_2`, a multiple of ``inverse_every``; :math:`\omega_2 = 0.95^{T_2/2}`.
         stats_fraction: :math:`\tau_1`, the fraction of each batch for the factor statistics.
-        quad_fraction: :math:`\tau_2`, the fraction for the quadratic model (default 1, as in
-            the authors' code; the paper's text says 1/4 and warns about smaller values).
+        quad_fraction: :math:`\tau_2`, the fraction of each batch for the quadratic model's
+            exact-Fisher products (default 1/4, the paper's text; the authors' code has 1).
+        quad_min_cases: the quadratic model uses at least this many cases (or the whole batch):
+            :math:`|S_2| = \min(m, \max(\lceil\tau_2 m\rceil, \text{quad\_min\_cases}))`. Below
+            a few hundred cases, α and μ from a sub-batch are too noisy (the paper's warning,
+            measured on the configuration page of the docs).
         pi: ``"trace"``, ``"frobenius"`` or ``"one"`` (:func:`~kronlin_nn.damping.pi_scales`).
         seed: seed of the optimizer's own ``torch.Generator`` for the sampled targets;
             ``None`` draws one from torch's global generator.
@@ -170,7 +174,8 @@ class KFAC(torch.optim.Optimizer):
         damping_every: int = 5,
         gamma_every: int = 20,
         stats_fraction: float = 1 / 8,
-        quad_fraction: float = 1.0,
+        quad_fraction: float = 0.25,
+        quad_min_cases: int = 256,
         pi: str = "trace",
         seed: int | None = None,
         gamma_bounds: tuple[float, float] | None = None,
@@ -180,7 +185,8 @@ class KFAC(torch.optim.Optimizer):
         _validate(approx=approx, fisher=fisher, lr=lr, momentum=momentum, damping=damping,
                   gamma_rule=gamma_rule, units=units, weight_decay=weight_decay, inverse_every=inverse_every,
                   damping_every=damping_every, gamma_every=gamma_every,
-                  stats_fraction=stats_fraction, quad_fraction=quad_fraction, pi=pi,
+                  stats_fraction=stats_fraction, quad_fraction=quad_fraction,
+                  quad_min_cases=quad_min_cases, pi=pi,
                   damping_bounds=damping_bounds, gamma_bounds=gamma_bounds)
         layers = supported_layers(model)
         super().__init__([p for m in layers for p in m.parameters()],
@@ -193,6 +199,7 @@ class KFAC(torch.optim.Optimizer):
         self.inverse_every, self.damping_every, self.gamma_every = (
             inverse_every, damping_every, gamma_every)
         self.stats_fraction, self.quad_fraction = stats_fraction, quad_fraction
+        self.quad_min_cases = quad_min_cases
         self.gamma_bounds = gamma_bounds
         self._damping_bounds = damping_bounds  # None until the first batch sets the default
         self._layers = layers
@@ -232,7 +239,7 @@ class KFAC(torch.optim.Optimizer):
         lr, momentum = group["lr"], group["momentum"]
         m = inputs.shape[0]
         n1 = min(m, max(1, math.ceil(self.stats_fraction * m)))
-        n2 = min(m, max(1, math.ceil(self.quad_fraction * m)))
+        n2 = min(m, max(math.ceil(self.quad_fraction * m), self.quad_min_cases))
         z, calls = self._forward(inputs)
         kappa = self._dist.scale(m, z[:1].numel()) * m
         unit = kappa if self.units == "case" else 1.0  # loss units per unit of λ and η
@@ -697,7 +704,7 @@ def _validate(**config: Any) -> None:
         fail("damping", "None or a float >= 0")
     if not config["weight_decay"] >= 0:
         fail("weight_decay", "a float >= 0")
-    for name in ("inverse_every", "damping_every", "gamma_every"):
+    for name in ("inverse_every", "damping_every", "gamma_every", "quad_min_cases"):
         if not (isinstance(config[name], int) and config[name] >= 1):
             fail(name, "an integer >= 1")
     if config["gamma_every"] % config["inverse_every"]:

@@ -89,19 +89,20 @@ def _dense_reference(model, kind, reduction, x, y, *, steps, lam, eta, n1, n2):
 
 
 @pytest.mark.parametrize(
-    ("kind", "reduction", "fractions"),
-    [("ce", "mean", (1.0, 1.0)), ("mse", "sum", (1.0, 1.0)), ("bce", "mean", (0.5, 0.75))],
+    ("kind", "reduction", "fractions", "quad_min"),
+    [("ce", "mean", (1.0, 1.0), 1), ("mse", "sum", (1.0, 1.0), 1),
+     ("bce", "mean", (0.5, 0.75), 1), ("bce", "mean", (0.5, 0.25), 5)],
 )
-def test_first_steps_match_a_dense_reimplementation(kind, reduction, fractions):
+def test_first_steps_match_a_dense_reimplementation(kind, reduction, fractions, quad_min):
     m = 8
     x, y = data(kind, m, SIZES[0], SIZES[-1])
     model = tiny_mlp(SIZES)
     reference_model = copy.deepcopy(model)
     lam, eta = 0.3, 1e-3
-    n1, n2 = math.ceil(fractions[0] * m), math.ceil(fractions[1] * m)
+    n1, n2 = math.ceil(fractions[0] * m), max(math.ceil(fractions[1] * m), quad_min)
     opt = KFAC(model, LOSS_CLASSES[kind](reduction=reduction), fisher="exact", damping=lam,
                adapt_damping=False, weight_decay=eta, stats_fraction=fractions[0],
-               quad_fraction=fractions[1])
+               quad_fraction=fractions[1], quad_min_cases=quad_min)
     path = _dense_reference(reference_model, kind, reduction, x, y, steps=3, lam=lam, eta=eta,
                             n1=n1, n2=n2)
     for theta, alpha, mu in path:

@@ -6,7 +6,8 @@ r"""Damping rules of K-FAC (paper §6 / arXiv §6.3–6.6; spec §3).
   :math:`\rho > 3/4`, grow by :math:`1/\omega_1` when :math:`\rho < 1/4` (or ρ is NaN).
 - :func:`gamma_candidates`: the greedy γ search set :math:`\{\omega_2\gamma, \gamma, \gamma/\omega_2\}`
   (arXiv §6.6), clamped to bounds.
-- :func:`initial_damping`: our calibration of λ₀ when the user gives none (see its docstring).
+- :func:`curvature_scale`: the largest eigenvalue of the block-diagonal curvature, the scale on
+  which the first-batch search for λ₀ is laid out (:func:`damping_grid`, :func:`lm_fixed_point`).
 
 The decays follow the paper: :math:`\omega_1 = (19/20)^{T_1}`, :math:`\omega_2 = (19/20)^{T_2/2}`.
 """
@@ -20,16 +21,20 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "GAMMA_RULES",
     "PI_KINDS",
+    "curvature_scale",
+    "damping_grid",
     "gamma_candidates",
     "gamma_decay",
-    "initial_damping",
     "levenberg_marquardt",
     "lm_decay",
+    "lm_fixed_point",
     "pi_scales",
 ]
 
 PI_KINDS = ("trace", "frobenius", "one")
+GAMMA_RULES = ("tied", "greedy")
 
 
 def lm_decay(damping_every: int) -> float:
@@ -115,38 +120,63 @@ def gamma_candidates(
     return out
 
 
-def initial_damping(A: Sequence[Tensor], G: Sequence[Tensor]) -> float:
-    r"""λ₀ calibrated on the first batch: the largest eigenvalue of the K-FAC curvature.
+def curvature_scale(A: Sequence[Tensor], G: Sequence[Tensor]) -> float:
+    r"""The largest eigenvalue of the block-diagonal K-FAC curvature of a batch.
 
     .. math::
-        \lambda_0 = \max_i \lambda_{\max}(\bar A_i)\,\lambda_{\max}(G_i)
+        \lambda_{\text{top}} = \max_i \lambda_{\max}(\bar A_i)\,\lambda_{\max}(G_i)
                   = \lambda_{\max}\bigl(\operatorname{blockdiag}_i(\bar A_i \otimes G_i)\bigr).
 
-    Why: the right λ scales with the loss (the paper's 150 for autoencoders summing 784 binary
-    cross-entropies per case, "≈1" for classifiers in the authors' code). Damping as large as
-    the largest curvature errs on the safe side, as the paper advises ("too large is safer"),
-    makes the first steps trust-region-like along the stiffest directions, and is invariant to
-    rescaling the loss. The LM rule then lowers λ by :math:`\omega_1` every :math:`T_1` steps
-    while the model is trustworthy. Measured: on the paper's MNIST autoencoder (sparse
-    initialization, first batch of 1000) it gives 0.27 for ``BCEWithLogitsLoss()``, i.e. 215 on
-    the paper's objective (summed over the 784 pixels) against the paper's λ₀ = 150; on a
-    small tanh classifier of scikit-learn's digits it gives 0.26 against the authors' advice of
-    "≈ 1" for classifiers. The price of erring large: the first few dozen steps are
-    conservative (λ falls by 10× every ~45 steps); give ``damping`` to start lower.
+    The scale of the loss's curvature, in the loss's units: the first-batch search for λ₀ is
+    laid out below it (:func:`damping_grid`), and the default lower bound of λ is a fixed
+    fraction of it. The eigenvalues come from a short power iteration (:func:`_top_eigenvalue`).
 
     Args:
-        A: the first batch's input factors.
+        A: the batch's input factors.
         G: its output-gradient factors, including the reduction scale :math:`\kappa`.
 
-    The eigenvalues come from a short power iteration (:func:`_top_eigenvalue`).
-
     Returns:
-        λ₀ as a float (one host sync); 1.0 if every factor is zero.
+        :math:`\lambda_{\text{top}}` as a float (one host sync); 1.0 if every factor is zero.
 
     """
     tops = [_top_eigenvalue(a) * _top_eigenvalue(g) for a, g in zip(A, G, strict=True)]
     top = float(torch.stack(tops).max())
     return top if top > 0 and math.isfinite(top) else 1.0
+
+
+def damping_grid(top: float, decades: int = 8) -> list[float]:
+    r"""The λ candidates of the first-batch search: :math:`\lambda_{\text{top}} 10^{-j}`, ``j = 0 … decades``.
+
+    Decreasing, one per decade: from damping as large as the largest curvature (the paper's "too
+    large is safer") down to :math:`10^{-8}` of it, which covers every λ that the suite's
+    problems were trained best with (see the configuration page of the docs).
+    """
+    return [top * 10.0**-j for j in range(decades + 1)]
+
+
+def lm_fixed_point(rhos: Sequence[float]) -> int:
+    r"""Which λ of a decreasing grid the Levenberg–Marquardt rule would settle at.
+
+    The LM rule (:func:`levenberg_marquardt`) shrinks λ while :math:`\rho > 3/4` and grows it
+    while :math:`\rho < 1/4`. Scanning the grid from the largest λ down, this returns the first
+    candidate with :math:`\rho \le 3/4`, or the one before it when that candidate's ρ is
+    below 1/4 (the model stopped being trustworthy inside that decade); the last one if every
+    ρ exceeds 3/4. So λ₀ starts where the rule is at rest on the first batch, instead of
+    spending the first hundred steps walking down to it (:math:`\omega_1 = 0.95^5` per five
+    steps is a factor 10 every ~45 steps).
+
+    Args:
+        rhos: :math:`\rho(\lambda_j)` for the candidates in decreasing order of λ (NaN or
+            :math:`-\infty` where the step failed or increased :math:`h`).
+
+    Returns:
+        The index of the chosen candidate.
+
+    """
+    for j, rho in enumerate(rhos):
+        if not rho > 0.75:
+            return j if rho >= 0.25 or j == 0 else j - 1
+    return len(rhos) - 1
 
 
 def _top_eigenvalue(M: Tensor, iterations: int = 20) -> Tensor:

@@ -51,12 +51,15 @@ from .curvature import (
     tridiag_inverse,
 )
 from .damping import (
+    GAMMA_RULES,
     PI_KINDS,
+    curvature_scale,
+    damping_grid,
     gamma_candidates,
     gamma_decay,
-    initial_damping,
     levenberg_marquardt,
     lm_decay,
+    lm_fixed_point,
     pi_scales,
 )
 from .factors import (
@@ -76,7 +79,11 @@ from .statistics import FactorStatistics
 __all__ = ["KFAC"]
 
 APPROXIMATIONS = ("blockdiag", "tridiag")
-_STATE_VERSION = 1
+UNITS = ("loss", "case")
+# The default lower bound of λ, relative to the first batch's largest curvature eigenvalue: two
+# decades below the search grid, where the factored damping is still ~1e-5 of the factors' scale.
+LAMBDA_FLOOR = 1e-10
+_STATE_VERSION = 2
 
 
 class KFAC(torch.optim.Optimizer):
@@ -98,27 +105,44 @@ class KFAC(torch.optim.Optimizer):
         lr: ``None``: α from the quadratic model (arXiv §6.4); a float: fixed α.
         momentum: ``True``: μ from the quadratic model (arXiv §7); ``False``: none; a float:
             fixed μ.
-        damping: the initial λ. ``None`` (default) calibrates it on the first batch as the
-            largest eigenvalue of the block-diagonal K-FAC curvature
-            (:func:`~kronlin_nn.damping.initial_damping`): scale-aware, errs on the large side
-            as the paper advises, and works for autoencoders and classifiers alike. γ starts
-            at :math:`\sqrt{\lambda_0 + \eta}`.
-        adapt_damping: adapt λ by the LM rule every ``damping_every`` steps and γ by the greedy
-            search every ``gamma_every`` steps; ``False`` keeps λ and γ fixed.
-        weight_decay: η, in :math:`h` and its gradient, for all parameters (biases included).
+        damping: the initial λ. ``None`` (default) searches the first batch for it: one
+            candidate per decade below the largest curvature eigenvalue, λ₀ being where the
+            Levenberg–Marquardt rule would be at rest (:meth:`_search_damping`). γ starts at
+            :math:`\sqrt{\lambda_0 + \eta}`.
+        adapt_damping: adapt λ by the LM rule every ``damping_every`` steps and γ by
+            ``gamma_rule``; ``False`` keeps λ and γ fixed.
+        gamma_rule: ``"tied"`` (default): γ = √(λ + η) at every inverse refresh, as
+            tensorflow/kfac and kfac-jax; ``"greedy"``: the paper's search over
+            :math:`\{\omega_2\gamma, \gamma, \gamma/\omega_2\}` every ``gamma_every`` steps
+            (arXiv §6.6). Both measured on the configuration page of the docs.
+        weight_decay: η, in :math:`h` and its gradient, for all parameters (biases included);
+            0 by default, as in ``torch.optim``.
+        units: the units of ``damping``, ``weight_decay``, ``damping_bounds`` and
+            ``gamma_bounds``: ``"loss"`` (default) those of ``loss_fn``'s value, as
+            ``torch.optim``'s weight decay; ``"case"`` those of the paper's objective, each
+            case's loss summed over its outputs and averaged over cases, converted at every
+            step by :math:`\kappa = sN` (``loss_fn`` computes :math:`s\sum_n\ell_n`). The
+            paper's λ₀ = 150 and η = 1e-5 are in ``"case"`` units (:data:`~kronlin_nn.PAPER`).
         ema_max: :math:`\epsilon_{\max}` of the statistics' moving average.
         inverse_every: :math:`T_3`; inverses are also refreshed on steps 1–3.
         damping_every: :math:`T_1`; :math:`\omega_1 = 0.95^{T_1}`.
         gamma_every: :math:`T_2`, a multiple of ``inverse_every``; :math:`\omega_2 = 0.95^{T_2/2}`.
         stats_fraction: :math:`\tau_1`, the fraction of each batch for the factor statistics.
-        quad_fraction: :math:`\tau_2`, the fraction for the quadratic model (default 1, as in
-            the authors' code; the paper's text says 1/4 and warns about smaller values).
+        quad_fraction: :math:`\tau_2`, the fraction of each batch for the quadratic model's
+            exact-Fisher products (default 1/4, the paper's text; the authors' code has 1).
+        quad_min_cases: the quadratic model uses at least this many cases (or the whole batch):
+            :math:`|S_2| = \min(m, \max(\lceil\tau_2 m\rceil, \text{quad\_min\_cases}))`. Below
+            a few hundred cases, α and μ from a sub-batch are too noisy (the paper's warning,
+            measured on the configuration page of the docs).
         pi: ``"trace"``, ``"frobenius"`` or ``"one"`` (:func:`~kronlin_nn.damping.pi_scales`).
         seed: seed of the optimizer's own ``torch.Generator`` for the sampled targets;
             ``None`` draws one from torch's global generator.
         gamma_bounds: ``(γ_min, γ_max)``; default :math:`(\sqrt\eta, \infty)`. The authors' code
             caps γ at 1, which fights :math:`\gamma_0 = 12.2` and depends on the loss scale.
-        damping_bounds: ``(λ_min, λ_max)``; default ``(0, ∞)`` as in the authors' code.
+        damping_bounds: ``(λ_min, λ_max)``; default ``None``: :math:`(10^{-10}\lambda_{\text{top}},
+            \infty)` with :math:`\lambda_{\text{top}}` the largest curvature eigenvalue of the
+            first batch, so that λ cannot decay below what the factorizations resolve in
+            float32; the authors' code has ``(0, ∞)``.
         rho_includes_damping: whether :math:`M` in :math:`\rho` includes the λ term (the paper;
             tensorflow/kfac and kfac-jax exclude it).
 
@@ -142,23 +166,27 @@ class KFAC(torch.optim.Optimizer):
         momentum: bool | float = True,
         damping: float | None = None,
         adapt_damping: bool = True,
-        weight_decay: float = 1e-5,
+        gamma_rule: str = "tied",
+        weight_decay: float = 0.0,
+        units: str = "loss",
         ema_max: float = 0.95,
         inverse_every: int = 20,
         damping_every: int = 5,
         gamma_every: int = 20,
         stats_fraction: float = 1 / 8,
-        quad_fraction: float = 1.0,
+        quad_fraction: float = 0.25,
+        quad_min_cases: int = 256,
         pi: str = "trace",
         seed: int | None = None,
         gamma_bounds: tuple[float, float] | None = None,
-        damping_bounds: tuple[float, float] = (0.0, math.inf),
+        damping_bounds: tuple[float, float] | None = None,
         rho_includes_damping: bool = True,
     ):
         _validate(approx=approx, fisher=fisher, lr=lr, momentum=momentum, damping=damping,
-                  weight_decay=weight_decay, inverse_every=inverse_every,
+                  gamma_rule=gamma_rule, units=units, weight_decay=weight_decay, inverse_every=inverse_every,
                   damping_every=damping_every, gamma_every=gamma_every,
-                  stats_fraction=stats_fraction, quad_fraction=quad_fraction, pi=pi,
+                  stats_fraction=stats_fraction, quad_fraction=quad_fraction,
+                  quad_min_cases=quad_min_cases, pi=pi,
                   damping_bounds=damping_bounds, gamma_bounds=gamma_bounds)
         layers = supported_layers(model)
         super().__init__([p for m in layers for p in m.parameters()],
@@ -166,13 +194,14 @@ class KFAC(torch.optim.Optimizer):
         self.model, self.loss_fn = model, loss_fn
         self._dist = predictive_distribution(loss_fn)
         self.approx, self.fisher, self.pi = approx, fisher, pi
+        self.gamma_rule, self.units = gamma_rule, units
         self.adapt_damping, self.rho_includes_damping = adapt_damping, rho_includes_damping
         self.inverse_every, self.damping_every, self.gamma_every = (
             inverse_every, damping_every, gamma_every)
         self.stats_fraction, self.quad_fraction = stats_fraction, quad_fraction
-        self.damping_bounds = damping_bounds
-        self.gamma_bounds = (
-            (math.sqrt(weight_decay), math.inf) if gamma_bounds is None else gamma_bounds)
+        self.quad_min_cases = quad_min_cases
+        self.gamma_bounds = gamma_bounds
+        self._damping_bounds = damping_bounds  # None until the first batch sets the default
         self._layers = layers
         self._registration = {id(m): i for i, m in enumerate(layers)}
         self._ordered = False
@@ -207,11 +236,14 @@ class KFAC(torch.optim.Optimizer):
 
         """
         group = self.param_groups[0]
-        lr, momentum, eta = group["lr"], group["momentum"], group["weight_decay"]
+        lr, momentum = group["lr"], group["momentum"]
         m = inputs.shape[0]
         n1 = min(m, max(1, math.ceil(self.stats_fraction * m)))
-        n2 = min(m, max(1, math.ceil(self.quad_fraction * m)))
+        n2 = min(m, max(math.ceil(self.quad_fraction * m), self.quad_min_cases))
         z, calls = self._forward(inputs)
+        kappa = self._dist.scale(m, z[:1].numel()) * m
+        unit = kappa if self.units == "case" else 1.0  # loss units per unit of λ and η
+        eta = group["weight_decay"] * unit
         # S₁ gets a forward pass of its own, so the extra backward costs τ₁ of a full one
         z1, calls1 = (z, calls) if n1 == m else self._forward(inputs[:n1])
         h, theta, grad_h = self._gradient(z, targets, eta, retain_graph=n1 == m)
@@ -226,22 +258,28 @@ class KFAC(torch.optim.Optimizer):
             return self._reject(h_value)
         self._k += 1
         k = self._k
-        kappa = self._dist.scale(m, z[:1].numel()) * m
         if math.isfinite(stats_sum):
             self._stats.update(*batch)
         else:
             warnings.warn(f"step {k}: non-finite curvature statistics; batch skipped", KFACWarning,
                           stacklevel=2)
+        if self._damping_bounds is None:
+            top = curvature_scale(batch[0], [kappa * g for g in batch[1]]) / unit
+            self._damping_bounds = (LAMBDA_FLOOR * top, math.inf)
         if self._lambda is None:
-            self._lambda = initial_damping(batch[0], [kappa * g for g in batch[1]])
-            self._gamma = math.sqrt(self._lambda + eta)
+            self._lambda = self._search_damping(batch, kappa, grad_h, theta, calls, inputs,
+                                                targets, z, m, n2, h_value, eta, lr) / unit
+            self._gamma = math.sqrt(self._lambda + group["weight_decay"])
 
-        candidates = [self._gamma]
-        if self.adapt_damping and k % self.gamma_every == 0:
-            candidates = gamma_candidates(self._gamma, gamma_decay(self.gamma_every),
-                                          self.gamma_bounds)
         refreshed = k % self.inverse_every == 0 or k <= 3 or self._inverse is None
-        ops, candidates, blocks = self._operators(candidates, kappa, refreshed)
+        candidates = [self._gamma]
+        if self.adapt_damping and self.gamma_rule == "tied" and refreshed:
+            candidates = [_clamp(math.sqrt(self._lambda + group["weight_decay"]),
+                                 self._gamma_bounds(group["weight_decay"]))]
+        elif self.adapt_damping and k % self.gamma_every == 0:
+            candidates = gamma_candidates(self._gamma, gamma_decay(self.gamma_every),
+                                          self._gamma_bounds(group["weight_decay"]))
+        ops, candidates, blocks = self._operators(candidates, kappa, refreshed, math.sqrt(unit))
         if ops is None:
             refreshed = False
             ops, candidates = [self._inverse], [self._gamma]
@@ -252,7 +290,7 @@ class KFAC(torch.optim.Optimizer):
         delta0 = self._delta0 if fixed[1] != 0.0 else None
         if lr is None or momentum is True or self.adapt_damping:
             best = self._quadratic_model(deltas, delta0, grad_h, calls, inputs[:n2], z, m,
-                                         lam + eta, eta, fixed)
+                                         lam * unit + eta, eta, fixed)
         else:  # plain K-FAC steps: no quadratic model needed
             best = (0, fixed[0], fixed[1], math.nan, math.nan)
             if not math.isfinite(float(deltas[0].sum())):
@@ -272,8 +310,8 @@ class KFAC(torch.optim.Optimizer):
             new_theta = theta + delta
             h_new = self._objective(inputs, targets, new_theta, eta)
             rho = reduction_ratio(h_new, h_value, predicted_rho)
-            self._lambda = levenberg_marquardt(lam, rho, lm_decay(self.damping_every),
-                                               self.damping_bounds)
+            self._lambda = levenberg_marquardt(self._lambda, rho, lm_decay(self.damping_every),
+                                               self._damping_bounds)
             if not math.isfinite(h_new):
                 return self._reject(h_value, counted=True, refreshed=refreshed, rho=rho,
                                     raise_lambda=False)
@@ -345,14 +383,22 @@ class KFAC(torch.optim.Optimizer):
         r""":math:`\Delta_\gamma = -\tilde F_\gamma^{-1}\nabla h` for each candidate's operator."""
         return [-(op @ grad_h) for op in ops]
 
-    def _operators(self, candidates: list[float], kappa: float, refresh: bool):
+    def _operators(self, candidates: list[float], kappa: float, refresh: bool,
+                   gamma_scale: float = 1.0):
         """The damped inverse for each candidate γ: ``(ops, kept γ, blocks)``.
 
         Candidates whose damped factors cannot be factored are dropped; ``ops`` is ``None``
         if the refresh failed. ``blocks`` holds, for ``tridiag``, each operator's blocks.
+        ``gamma_scale`` converts γ to the loss's units (√κ for ``units="case"``).
         """
         if not refresh:
             return [self._inverse], [self._gamma], None
+        declared = {gamma * gamma_scale: gamma for gamma in candidates}
+        ops, kept, blocks = self._damped_inverses(list(declared), kappa)
+        return ops, None if kept is None else [declared[gamma] for gamma in kept], blocks
+
+    def _damped_inverses(self, candidates: list[float], kappa: float):
+        """:meth:`_operators` for γ in the loss's units."""
         stats = self._stats
         G = [kappa * g for g in stats.G]
         pis = pi_scales(stats.A, G, self.pi)
@@ -390,6 +436,23 @@ class KFAC(torch.optim.Optimizer):
         Returns ``(index, α, μ, M(δ)−M(0), M_ρ(δ)−M_ρ(0))`` where ``M_ρ`` drops λ unless
         ``rho_includes_damping``.
         """
+        models = self._candidate_models(deltas, delta0, grad_h, calls, inputs2, z, m,
+                                        [damping] * len(deltas), eta, fixed)
+        if models is None:
+            return None
+        j = min(range(len(models)), key=lambda i: models[i][2])
+        best = (j, *models[j])
+        if not all(math.isfinite(v) for v in best[1:3]):
+            return None
+        return best
+
+    def _candidate_models(self, deltas, delta0, grad_h, calls, inputs2, z, m, dampings, eta,
+                          fixed):
+        """Per candidate ``Δ_j`` with damping ``λ_j + η``: ``(α, μ, M(δ)−M(0), M_ρ(δ)−M_ρ(0))``.
+
+        All candidates share one batched pass of forward-mode products; ``None`` if the
+        products are not finite.
+        """
         vectors = deltas + ([delta0] if delta0 is not None else [])
         K = len(vectors)
         V = torch.stack(vectors)
@@ -400,23 +463,49 @@ class KFAC(torch.optim.Optimizer):
         JF, P = host[: K * K].reshape(K, K), host[K * K:].reshape(K, K + 1)
         if not np.isfinite(host).all():
             return None
-        rho_damping = damping if self.rho_includes_damping else eta
-        best = None
-        for j in range(len(deltas)):
+        models = []
+        for j, damping in enumerate(dampings):
             idx = [j, K - 1] if delta0 is not None else [j]
             A, A_rho, c = np.zeros((2, 2)), np.zeros((2, 2)), np.zeros(2)
             sub = np.ix_(idx, idx)
             r = len(idx)
+            rho_damping = damping if self.rho_includes_damping else eta
             A[:r, :r] = JF[sub] + damping * P[sub]
             A_rho[:r, :r] = JF[sub] + rho_damping * P[sub]
             c[:r] = P[idx, K]
             x = solve_coefficients(A, c, (fixed[0], 0.0 if delta0 is None else fixed[1]))
-            change = model_change(A, c, x)
-            if best is None or change < best[3]:
-                best = (j, x[0], x[1], change, model_change(A_rho, c, x))
-        if not all(math.isfinite(v) for v in best[1:3]):
-            return None
-        return best
+            models.append((x[0], x[1], model_change(A, c, x), model_change(A_rho, c, x)))
+        return models
+
+    def _search_damping(self, batch, kappa, grad_h, theta, calls, inputs, targets, z, m,
+                        n2, h_value, eta, lr) -> float:
+        r"""λ₀ in the loss's units, by a search on the first batch.
+
+        Each λ of :func:`~kronlin_nn.damping.damping_grid` gets its block-diagonal proposal
+        (γ = √(λ + η)), its α from the quadratic model (one batched forward-mode pass for all
+        of them) and its ρ from :math:`h(\theta + \alpha\Delta)` on the batch; λ₀ is where the
+        Levenberg–Marquardt rule would be at rest. Cost, once: a Cholesky inverse of every
+        damped factor and one forward pass per candidate. ``approx="tridiag"`` searches with
+        the block-diagonal proposals too.
+        """
+        A, G = batch[0], [kappa * g for g in batch[1]]
+        lams = damping_grid(curvature_scale(A, G))
+        gammas = [math.sqrt(lam + eta) for lam in lams]
+        try:
+            ops, kept = blockdiag_inverses(A, G, pi_scales(A, G, self.pi), gammas)
+        except FactorError:
+            return lams[0]
+        lams = [lam for lam, gamma in zip(lams, gammas, strict=True) if gamma in kept]
+        deltas = self._proposals(ops, grad_h)
+        models = self._candidate_models(deltas, None, grad_h, calls, inputs[:n2], z, m,
+                                        [lam + eta for lam in lams], eta, (lr, 0.0))
+        if models is None:
+            return lams[0]
+        rhos = [reduction_ratio(self._objective(inputs, targets, theta + alpha * d, eta),
+                                h_value, predicted)
+                if math.isfinite(alpha) else math.nan
+                for d, (alpha, _, _, predicted) in zip(deltas, models, strict=True)]
+        return lams[lm_fixed_point(rhos)]
 
     def _fisher_gram(self, V: Tensor, calls: Sequence[LayerIO], inputs2: Tensor, z: Tensor,
                      m: int) -> Tensor:
@@ -462,6 +551,10 @@ class KFAC(torch.optim.Optimizer):
             self._inverse_data = _cloned({"diag": [list(p) for p in blocks[0]],
                                           "offdiag": [list(p) for p in blocks[1]]})
 
+    def _gamma_bounds(self, eta: float) -> tuple[float, float]:
+        r"""``gamma_bounds``, default :math:`(\sqrt\eta, \infty)`, in the units of ``units``."""
+        return (math.sqrt(eta), math.inf) if self.gamma_bounds is None else self.gamma_bounds
+
     def _reject(self, h_value: float, *, counted: bool = False, refreshed: bool = False,
                 rho: float = math.nan, raise_lambda: bool = True) -> dict[str, Any]:
         """Leave θ unchanged, raise λ, and report a rejected step."""
@@ -469,7 +562,7 @@ class KFAC(torch.optim.Optimizer):
         lam = self._lambda
         if raise_lambda and lam is not None:
             self._lambda = levenberg_marquardt(lam, math.nan, lm_decay(self.damping_every),
-                                               self.damping_bounds)
+                                               self._damping_bounds or (0.0, math.inf))
         warnings.warn(
             f"step {self._k + (not counted)}: non-finite loss, gradient or update; step rejected, "
             f"lambda raised to {self._lambda}", KFACWarning, stacklevel=3)
@@ -495,6 +588,7 @@ class KFAC(torch.optim.Optimizer):
             "rejected": self._rejected,
             "lambda": self._lambda,
             "gamma": self._gamma,
+            "damping_bounds": self._damping_bounds,
             "delta0": self._delta0,
             "statistics": self._stats.state_dict(),
             "inverse": self._inverse_data,
@@ -529,6 +623,7 @@ class KFAC(torch.optim.Optimizer):
             group.update(saved)
         self._k, self._rejected = state["k"], state["rejected"]
         self._lambda, self._gamma = state["lambda"], state["gamma"]
+        self._damping_bounds = state["damping_bounds"]
         self._delta0 = None if state["delta0"] is None else state["delta0"].to(device).clone()
         self._stats.load_state_dict(state["statistics"], device)
         self._inverse_data = _cloned(state["inverse"], device)
@@ -556,6 +651,10 @@ class KFAC(torch.optim.Optimizer):
             self._generator = torch.Generator(device=device)
             self._generator.manual_seed(self._seed)
         return self._generator
+
+
+def _clamp(value: float, bounds: tuple[float, float]) -> float:
+    return min(max(value, bounds[0]), bounds[1])
 
 
 def _pairs(grads: Sequence[Tensor], has_bias: Sequence[bool]) -> list[tuple[Tensor, Tensor | None]]:
@@ -592,6 +691,10 @@ def _validate(**config: Any) -> None:
     check_fisher(config["fisher"])
     if config["pi"] not in PI_KINDS:
         fail("pi", f"one of {PI_KINDS}")
+    if config["gamma_rule"] not in GAMMA_RULES:
+        fail("gamma_rule", f"one of {GAMMA_RULES}")
+    if config["units"] not in UNITS:
+        fail("units", f"one of {UNITS}")
     lr, momentum = config["lr"], config["momentum"]
     if lr is not None and not (isinstance(lr, int | float) and lr > 0):
         fail("lr", "None or a positive float")
@@ -601,7 +704,7 @@ def _validate(**config: Any) -> None:
         fail("damping", "None or a float >= 0")
     if not config["weight_decay"] >= 0:
         fail("weight_decay", "a float >= 0")
-    for name in ("inverse_every", "damping_every", "gamma_every"):
+    for name in ("inverse_every", "damping_every", "gamma_every", "quad_min_cases"):
         if not (isinstance(config[name], int) and config[name] >= 1):
             fail(name, "an integer >= 1")
     if config["gamma_every"] % config["inverse_every"]:

@@ -19,7 +19,9 @@ backward pass (arXiv App. C; "roughly half" the cost of a Gauss–Newton–vecto
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -94,6 +96,7 @@ def cached_output_jvps(
         Output tangents, shape ``(K, n, D)`` (a transposed view).
 
     """
+    _load_forward_ad_rules()
     K, n = tangents[0].shape[0], inputs.shape[0]
     records = {c.layer: c for c in calls}
     saved = [layer.__dict__.get("forward") for layer in layers]
@@ -110,6 +113,21 @@ def cached_output_jvps(
                     layer.forward = forward
         tangent = fwAD.unpack_dual(out).tangent
     return tangent.reshape(n, K, -1).transpose(0, 1)
+
+
+@functools.cache
+def _load_forward_ad_rules() -> None:
+    """Let torch load its forward-mode AD decompositions once, without their warnings.
+
+    On the first dual tensor of a process, torch scripts its JVP decompositions with the
+    deprecated ``torch.jit.script``, which warns once per decomposition (about twenty
+    ``DeprecationWarning``/``FutureWarning`` lines that say nothing about the user's code).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        with fwAD.dual_level():
+            fwAD.make_dual(torch.zeros(1), torch.zeros(1))
 
 
 def _tangent_forward(layer: nn.Linear, record: LayerIO, tangent: Tensor):

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from kronlin_nn.damping import (
+    curvature_scale,
     gamma_candidates,
     gamma_decay,
-    initial_damping,
     levenberg_marquardt,
     lm_decay,
     pi_scales,
@@ -70,9 +70,9 @@ def test_gamma_candidates_are_clamped_and_deduplicated():
     assert gamma_candidates(0.1, w, (0.1, 1.0)) == [0.1, 0.1 / w]
 
 
-def test_initial_damping_is_the_largest_kfac_eigenvalue():
+def test_curvature_scale_is_the_largest_kfac_eigenvalue():
     A, G = [_spd(4, 0), _spd(5, 2)], [_spd(3, 1), 0.01 * _spd(2, 3)]
     expected = max(torch.linalg.eigvalsh(a)[-1] * torch.linalg.eigvalsh(g)[-1]
                    for a, g in zip(A, G, strict=True)).item()
-    assert math.isclose(initial_damping(A, G), expected, rel_tol=1e-3)
-    assert initial_damping([torch.zeros(2, 2)], [torch.zeros(2, 2)]) == 1.0
+    assert math.isclose(curvature_scale(A, G), expected, rel_tol=1e-3)
+    assert curvature_scale([torch.zeros(2, 2)], [torch.zeros(2, 2)]) == 1.0

@@ -105,3 +105,26 @@ def test_reduction_ratio_conventions():
     assert reduction_ratio(0.5, 1.0, -1.0) == 0.5
     assert reduction_ratio(1.5, 1.0, -1.0) == -math.inf  # h increased (authors' code)
     assert math.isnan(reduction_ratio(math.nan, 1.0, -1.0))
+
+
+def test_first_steps_print_no_warning_in_a_fresh_process():
+    """torch's one-time forward-mode AD set-up warns ~20 times; users see none of it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from torch import nn\n"
+        "from kronlin_nn import KFAC\n"
+        "for approx in ('blockdiag', 'tridiag'):\n"
+        "    torch.manual_seed(0)\n"
+        "    m = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))\n"
+        "    opt = KFAC(m, nn.CrossEntropyLoss(), approx=approx, seed=0)\n"
+        "    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))\n"
+        "    for _ in range(3):\n"
+        "        assert opt.step(x, y)['accepted']\n"
+    )
+    done = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == ""

@@ -7,7 +7,7 @@ r"""Damping rules of K-FAC (paper §6 / arXiv §6.3–6.6; spec §3).
 - :func:`gamma_candidates`: the greedy γ search set :math:`\{\omega_2\gamma, \gamma, \gamma/\omega_2\}`
   (arXiv §6.6), clamped to bounds.
 - :func:`curvature_scale`: the largest eigenvalue of the block-diagonal curvature, the scale on
-  which the first-batch search for λ₀ is laid out (:func:`damping_grid`, :func:`lm_fixed_point`).
+  which the first-batch search for λ₀ is laid out (:func:`damping_grid`, :func:`lm_rest_point`).
 
 The decays follow the paper: :math:`\omega_1 = (19/20)^{T_1}`, :math:`\omega_2 = (19/20)^{T_2/2}`.
 """
@@ -29,7 +29,7 @@ __all__ = [
     "gamma_decay",
     "levenberg_marquardt",
     "lm_decay",
-    "lm_fixed_point",
+    "lm_rest_point",
     "pi_scales",
 ]
 
@@ -154,26 +154,40 @@ def damping_grid(top: float, decades: int = 8) -> list[float]:
     return [top * 10.0**-j for j in range(decades + 1)]
 
 
-def lm_fixed_point(rhos: Sequence[float]) -> int:
-    r"""Which λ of a decreasing grid the Levenberg–Marquardt rule would settle at.
+def lm_rest_point(rhos: Sequence[float], decreases: Sequence[float]) -> int:
+    r"""Which λ of a decreasing grid the Levenberg–Marquardt rule would usefully settle at.
 
     The LM rule (:func:`levenberg_marquardt`) shrinks λ while :math:`\rho > 3/4` and grows it
-    while :math:`\rho < 1/4`. Scanning the grid from the largest λ down, this returns the first
-    candidate with :math:`\rho \le 3/4`, or the one before it when that candidate's ρ is
-    below 1/4 (the model stopped being trustworthy inside that decade); the last one if every
-    ρ exceeds 3/4. So λ₀ starts where the rule is at rest on the first batch, instead of
-    spending the first hundred steps walking down to it (:math:`\omega_1 = 0.95^5` per five
-    steps is a factor 10 every ~45 steps).
+    while :math:`\rho < 1/4`. Walking the grid from the largest λ down, this stops at the first
+    candidate with :math:`\rho \le 3/4` and returns it, or the one before it when its ρ is below
+    1/4 (the model stopped being trustworthy inside that decade); it also stops, returning the
+    one before, at a candidate below the best one whose decrease
+    :math:`h(\theta) - h(\theta + \delta)` is less than half the best decrease. So λ₀ starts
+    where the rule is at rest on the first batch, instead of spending the first hundred steps
+    walking down to it (:math:`\omega_1 = 0.95^5` per five steps is a factor 10 every ~45
+    steps).
+
+    The decrease test matters because ρ alone cannot see a useless proposal: with a tiny
+    γ = √(λ + η) the damped K-FAC inverse amplifies directions that the exact Fisher finds
+    stiff, α shrinks to compensate, and the resulting short step has ρ ≈ 1 while decreasing
+    :math:`h` by a fraction of what a larger λ achieves.
 
     Args:
         rhos: :math:`\rho(\lambda_j)` for the candidates in decreasing order of λ (NaN or
             :math:`-\infty` where the step failed or increased :math:`h`).
+        decreases: :math:`h(\theta) - h(\theta + \delta_j)`, NaN where not finite.
 
     Returns:
-        The index of the chosen candidate.
+        The index of the chosen candidate (0 if no candidate decreased :math:`h`).
 
     """
+    finite = [d if d > 0 else 0.0 for d in decreases]  # NaN and increases count as no decrease
+    best = max(range(len(finite)), key=finite.__getitem__)
+    if finite[best] == 0.0:
+        return 0
     for j, rho in enumerate(rhos):
+        if j > best and finite[j] < 0.5 * finite[best]:
+            return j - 1
         if not rho > 0.75:
             return j if rho >= 0.25 or j == 0 else j - 1
     return len(rhos) - 1

@@ -59,7 +59,7 @@ from .damping import (
     gamma_decay,
     levenberg_marquardt,
     lm_decay,
-    lm_fixed_point,
+    lm_rest_point,
     pi_scales,
 )
 from .factors import (
@@ -501,11 +501,13 @@ class KFAC(torch.optim.Optimizer):
                                         [lam + eta for lam in lams], eta, (lr, 0.0))
         if models is None:
             return lams[0]
-        rhos = [reduction_ratio(self._objective(inputs, targets, theta + alpha * d, eta),
-                                h_value, predicted)
-                if math.isfinite(alpha) else math.nan
-                for d, (alpha, _, _, predicted) in zip(deltas, models, strict=True)]
-        return lams[lm_fixed_point(rhos)]
+        rhos, decreases = [], []
+        for d, (alpha, _, _, predicted) in zip(deltas, models, strict=True):
+            h_new = (self._objective(inputs, targets, theta + alpha * d, eta)
+                     if math.isfinite(alpha) else math.nan)
+            rhos.append(reduction_ratio(h_new, h_value, predicted))
+            decreases.append(h_value - h_new)
+        return lams[lm_rest_point(rhos, decreases)]
 
     def _fisher_gram(self, V: Tensor, calls: Sequence[LayerIO], inputs2: Tensor, z: Tensor,
                      m: int) -> Tensor:

@@ -9,6 +9,7 @@ from kronlin_nn.damping import (
     gamma_decay,
     levenberg_marquardt,
     lm_decay,
+    lm_rest_point,
     pi_scales,
 )
 
@@ -76,3 +77,25 @@ def test_curvature_scale_is_the_largest_kfac_eigenvalue():
                    for a, g in zip(A, G, strict=True)).item()
     assert math.isclose(curvature_scale(A, G), expected, rel_tol=1e-3)
     assert curvature_scale([torch.zeros(2, 2)], [torch.zeros(2, 2)]) == 1.0
+
+
+@pytest.mark.parametrize(("rhos", "decreases", "expected"), [
+    # the first ρ ≤ 3/4 inside [1/4, 3/4]: that candidate
+    ([1.6, 1.2, 0.9, 0.5, 0.1], [1.0, 2.0, 2.5, 2.6, 1.0], 3),
+    # the first ρ ≤ 3/4 is below 1/4: the candidate before it
+    ([1.6, 1.2, 0.9, 0.2, 0.1], [1.0, 2.0, 2.5, 2.6, 1.0], 2),
+    # h increased (ρ = −∞) or the step failed (NaN): the candidate before it
+    ([1.6, 0.9, -math.inf, 0.5], [1.0, 2.0, -0.1, 1.5], 1),
+    ([1.6, 0.9, math.nan, 0.5], [1.0, 2.0, math.nan, 1.5], 1),
+    # every ρ > 3/4: the smallest λ whose decrease is at least half the best one, not the
+    # degenerate tiny steps below it (ρ ≈ 1 because the step is short)
+    ([1.97, 1.76, 1.07, 0.83, 0.77, 0.82, 0.90, 0.93], [0.11, 0.7, 1.3, 0.96, 0.41, 0.2, 0.15, 0.13], 3),
+    # every ρ > 3/4 and every candidate productive: the smallest λ
+    ([1.9, 1.5, 0.95, 0.8], [1.0, 1.1, 1.2, 1.2], 3),
+    # the largest λ already fails: keep it (λ then grows by the LM rule)
+    ([0.1, 0.05], [0.5, 0.2], 0),
+    # nothing decreased h: the largest λ
+    ([-math.inf, -math.inf], [-1.0, -2.0], 0),
+])
+def test_lm_rest_point(rhos, decreases, expected):
+    assert lm_rest_point(rhos, decreases) == expected

@@ -550,13 +550,13 @@ def test_cuda_training_and_resume(approx):
 
 # -- the default configuration: λ₀ search, tied γ, units, λ floor ------------------------------
 def _dense_search_rhos(model, loss_fn, kind, x, y, lams):
-    """ρ of the first block-diagonal step for each λ, with exact factors and the exact GGN."""
+    """ρ and the decrease of h of the first block-diagonal step for each λ, densely."""
     factors = list(kfac_factors(model, loss_fn, x, y, fisher="exact").values())
     grad = _flat_grad(model, loss_fn, x, y, 0.0)
     with torch.no_grad():
         h = loss_fn(model(x), y).item()
     F = dense_ggn(model, kind, "mean", x)
-    theta, rhos = flat_params(model), []
+    theta, rhos, decreases = flat_params(model), [], []
     for lam in lams:
         gamma = math.sqrt(lam)
         blocks = []
@@ -572,12 +572,13 @@ def _dense_search_rhos(model, loss_fn, kind, x, y, lams):
         with torch.no_grad():
             h_new = loss_fn(twin(x), y).item()
         rhos.append(-math.inf if h_new > h else (h_new - h) / predicted.item())
-    return factors, rhos
+        decreases.append(h - h_new)
+    return rhos, decreases
 
 
 def test_default_initial_damping_is_the_lm_rest_point_of_a_dense_search():
     """λ₀ = the grid's λ where the LM rule would rest on the first batch, recomputed densely."""
-    from kronlin_nn.damping import lm_fixed_point
+    from kronlin_nn.damping import lm_rest_point
 
     model = tiny_mlp(SIZES)
     x, y = data("ce", 32, 3, 3)
@@ -585,8 +586,8 @@ def test_default_initial_damping_is_the_lm_rest_point_of_a_dense_search():
     factors = kfac_factors(model, loss_fn, x, y, fisher="exact").values()
     top = max(torch.linalg.eigvalsh(A)[-1] * torch.linalg.eigvalsh(G)[-1] for A, G in factors)
     lams = [top.item() * 10.0**-j for j in range(9)]
-    _, rhos = _dense_search_rhos(copy.deepcopy(model), loss_fn, "ce", x, y, lams)
-    chosen = lm_fixed_point(rhos)
+    rhos, decreases = _dense_search_rhos(copy.deepcopy(model), loss_fn, "ce", x, y, lams)
+    chosen = lm_rest_point(rhos, decreases)
     assert 0 < chosen < len(lams) - 1  # an interior choice: the search decided something
     opt = KFAC(model, loss_fn, fisher="exact", stats_fraction=1.0, seed=0)
     out = opt.step(x, y)

@@ -89,6 +89,8 @@ def output_gradients(z: Tensor, outputs: Sequence[Tensor], vectors: Tensor) -> l
         One tensor per output of shape ``(K·n, …)``: the gradients stacked over ``K``.
 
     """
+    if not outputs:  # nothing recorded (first-order blocks only)
+        return []
     K = vectors.shape[0]
     per_vector = [
         torch.autograd.grad(z, list(outputs), grad_outputs=vectors[k], retain_graph=k < K - 1)

@@ -43,6 +43,7 @@ from torch.func import functional_call
 import kronlin
 
 from .blocks import UNSUPPORTED, CurvatureBlock, KroneckerBlock, model_blocks
+from .blocks.base import module_path
 from .capture import LayerIO, Recorder, check_chain, group_calls
 from .curvature import (
     FactorError,
@@ -377,7 +378,7 @@ class KFAC(torch.optim.Optimizer):
         for i, count in seen.items():
             if count > 1:
                 raise ValueError(
-                    f"approx='tridiag': model.{self._blocks[i].name} is called {count} times per "
+                    f"approx='tridiag': {module_path(self._blocks[i].name)} is called {count} times per "
                     f"forward pass (weight sharing); a block-tridiagonal chain needs each layer "
                     f"called once: use approx='blockdiag'"
                 )
@@ -387,8 +388,8 @@ class KFAC(torch.optim.Optimizer):
             r, s = b.locations(c), e.locations(d)
             if r != s:
                 raise ValueError(
-                    f"approx='tridiag': neighbouring chain layers model.{b.name} "
-                    f"({type(b.module).__name__}, {r} locations per case) and model.{e.name} "
+                    f"approx='tridiag': neighbouring chain layers {module_path(b.name)} "
+                    f"({type(b.module).__name__}, {r} locations per case) and {module_path(e.name)} "
                     f"({type(e.module).__name__}, {s}) have different numbers of locations, so "
                     f"their cross moments are not defined: use approx='blockdiag'"
                 )

@@ -25,6 +25,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vmap
@@ -111,7 +112,8 @@ def cached_output_jvps(
         raise ValueError(f"blocks: {names} have no cached tangent forward; use output_jvps")
     modules = [b.module for b in blocks]
     saved = [module.__dict__.get("forward") for module in modules]
-    with fwAD.dual_level():
+    # no_grad: no backward graph (forward-mode AD is unaffected), as parameters require grad
+    with fwAD.dual_level(), torch.no_grad():
         try:
             for module, forward in zip(modules, forwards, strict=True):
                 module.forward = forward

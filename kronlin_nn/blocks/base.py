@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from ..capture import LayerIO
     from ..curvature import Candidates
 
-__all__ = ["CurvatureBlock", "DiagonalFactors", "KroneckerFactors", "repeat_rows"]
+__all__ = ["CurvatureBlock", "DiagonalFactors", "KroneckerFactors", "module_path", "repeat_rows"]
 
 
 class KroneckerFactors(NamedTuple):
@@ -196,6 +196,11 @@ class CurvatureBlock(ABC):
 
         """
         return None
+
+
+def module_path(name: str) -> str:
+    """How messages name a module: ``model.features.0``, or ``model`` for the model itself."""
+    return f"model.{name}" if name else "model"
 
 
 def repeat_rows(x: Tensor, K: int) -> Tensor:

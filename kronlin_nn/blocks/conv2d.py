@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from .base import CallCursor, repeat_rows
+from .base import CallCursor, module_path, repeat_rows
 from .kronecker import KroneckerBlock
 from .registry import register_block
 
@@ -45,7 +45,7 @@ class Conv2dBlock(KroneckerBlock):
     def __init__(self, name: str, module: nn.Conv2d, param_names: Sequence[str | None]):
         if module.groups != 1:
             raise ValueError(
-                f"model.{name}: KFC (the Kronecker factors of a convolution) needs every output "
+                f"{module_path(name)}: KFC (the Kronecker factors of a convolution) needs every output "
                 f"channel to see every input channel, expected groups=1, got "
                 f"groups={module.groups}; freeze the layer with requires_grad_(False)"
             )
@@ -56,7 +56,7 @@ class Conv2dBlock(KroneckerBlock):
         for call in calls:
             if call.a.ndim != 4:
                 raise ValueError(
-                    f"model.{self.name}: K-FAC expects Conv2d inputs of shape (n, C, H, W) with "
+                    f"{module_path(self.name)}: K-FAC expects Conv2d inputs of shape (n, C, H, W) with "
                     f"the cases first, got {tuple(call.a.shape)}"
                 )
 

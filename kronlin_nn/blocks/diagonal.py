@@ -32,7 +32,7 @@ from typing_extensions import override
 
 from ..curvature import Candidates, diagonal_candidates
 from ..operators import Diagonal
-from .base import CurvatureBlock, DiagonalFactors
+from .base import CurvatureBlock, DiagonalFactors, module_path
 
 if TYPE_CHECKING:
     from ..capture import LayerIO
@@ -126,7 +126,7 @@ class ParameterDiagonalBlock(DiagonalBlock):
             shapes = [tuple(x.shape) for x in call.inputs if isinstance(x, Tensor)]
             if any(not shape or shape[0] != n for shape in shapes):
                 raise ValueError(
-                    f"model.{self.name or '<model>'} ({type(self.module).__name__}): the diagonal "
+                    f"{module_path(self.name)} ({type(self.module).__name__}): the diagonal "
                     f"block computes per-case gradients of this module, whose tensor inputs must "
                     f"have the {n} cases first; got inputs of shapes {shapes}. Give "
                     f"unsupported='first_order', or freeze its parameters"

@@ -30,7 +30,7 @@ from typing_extensions import override
 from ..curvature import Candidates, damped_inverses, symmetrized
 from ..damping import pi_scales
 from ..operators import DiagKron
-from .base import CallCursor, CurvatureBlock, KroneckerFactors, repeat_rows
+from .base import CallCursor, CurvatureBlock, KroneckerFactors, module_path, repeat_rows
 from .registry import register_block
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class EmbeddingBlock(CurvatureBlock):
             value = getattr(module, option)
             if value != expected:
                 raise ValueError(
-                    f"model.{name}: nn.Embedding option {option}: expected {expected}, got "
+                    f"{module_path(name)}: nn.Embedding option {option}: expected {expected}, got "
                     f"{value!r} ({why})"
                 )
         return cls(name, module, (module.weight,), (f"{name}.weight" if name else "weight",))

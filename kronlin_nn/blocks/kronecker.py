@@ -36,7 +36,7 @@ import kronlin
 from ..capture import homogeneous
 from ..curvature import Candidates, kronecker_candidates
 from ..damping import pi_scales
-from .base import CurvatureBlock, KroneckerFactors
+from .base import CurvatureBlock, KroneckerFactors, module_path
 
 if TYPE_CHECKING:
     from ..capture import LayerIO
@@ -74,7 +74,7 @@ class KroneckerBlock(CurvatureBlock):
             return None
         if module.bias is not None and not module.bias.requires_grad:
             raise ValueError(
-                f"model.{name}: expected the bias to require grad like the weight (the bias is "
+                f"{module_path(name)}: expected the bias to require grad like the weight (the bias is "
                 f"the layer's homogeneous coordinate), got a frozen bias"
             )
         prefix = f"{name}." if name else ""

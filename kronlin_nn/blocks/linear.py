@@ -16,7 +16,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from typing_extensions import override
 
-from .base import CallCursor, repeat_rows
+from .base import CallCursor, module_path, repeat_rows
 from .kronecker import KroneckerBlock
 from .registry import register_block
 
@@ -37,7 +37,7 @@ class LinearBlock(KroneckerBlock):
         for call in calls:
             if call.a.ndim < 2:
                 raise ValueError(
-                    f"model.{self.name}: K-FAC expects inputs of shape (n, ..., d_in) with the "
+                    f"{module_path(self.name)}: K-FAC expects inputs of shape (n, ..., d_in) with the "
                     f"cases first, got {tuple(call.a.shape)}"
                 )
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from .base import CallCursor, repeat_rows
+from .base import CallCursor, module_path, repeat_rows
 from .diagonal import DiagonalBlock
 from .registry import register_block
 
@@ -78,7 +78,7 @@ class ScaleShiftBlock(DiagonalBlock):
         m = self.module
         if isinstance(m, _BATCH_NORMS) and (m.training or m.running_mean is None):
             raise ValueError(
-                f"model.{self.name}: {type(m).__name__} in training mode (or without running "
+                f"{module_path(self.name)}: {type(m).__name__} in training mode (or without running "
                 f"statistics) normalizes with the batch's statistics, which couples the cases: "
                 f"K-FAC evaluates sub-batches and extra passes, and would update the running "
                 f"statistics several times per step. Put it in eval mode (module.eval(), running "
@@ -118,7 +118,7 @@ class ScaleShiftBlock(DiagonalBlock):
             g = grad.view(grad.shape[0] // n, n, *grad.shape[1:])
             x_hat = self.normalized(call.a) if "scale" in self.roles else None
             dims = self._broadcast_dims(call.a)
-            per_case = [(g * x_hat if role == "scale" else g).sum(dims) for role in self.roles]
+            per_case = [_summed(g * x_hat if role == "scale" else g, dims) for role in self.roles]
             total = per_case if total is None else [t + p for t, p in zip(total, per_case,
                                                                           strict=True)]
         return total
@@ -143,3 +143,8 @@ class ScaleShiftBlock(DiagonalBlock):
             return fwAD.make_dual(repeat_rows(s, K), t)
 
         return forward
+
+
+def _summed(t: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``t`` summed over ``dims`` (``Tensor.sum(())`` would sum over every dimension)."""
+    return t.sum(dims) if dims else t

@@ -152,3 +152,13 @@ def _per_case_output_gradients(model, loss_fn, x, y):
     for h in handles:
         h.remove()
     return torch.autograd.grad(loss, es)
+
+
+def test_factors_are_keyed_by_modules_and_names():
+    model = tiny_mlp(SIZES)
+    x, y = data("mse", 4, SIZES[0], SIZES[-1])
+    factors = kfac_factors(model, nn.MSELoss(), x, y)
+    assert list(factors) == linears(model) and len(factors) == 3
+    assert factors["2"] is factors[model[2]] is factors["2.bias"]
+    with pytest.raises(KeyError, match="'1': no curvature block of this model has that module or name"):
+        factors["1"]  # the Tanh

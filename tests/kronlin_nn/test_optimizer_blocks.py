@@ -217,3 +217,61 @@ def test_cross_entropy_over_positions_is_refused():
         KFAC(model, nn.CrossEntropyLoss()).step(x, y)
     with pytest.raises(ValueError, match=r"outputs \(n, C\)"):
         kfac_factors(model, nn.CrossEntropyLoss(), x, y)
+
+
+class Swapping(nn.Module):
+    """Two linear layers whose order flips on the second call."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.calls = nn.Linear(3, 3), nn.Linear(3, 3), 0
+
+    def forward(self, x):
+        self.calls += 1
+        first, second = (self.a, self.b) if self.calls == 1 else (self.b, self.a)
+        return second(torch.tanh(first(x)))
+
+
+def test_more_refusals_name_the_problem():
+    x, y = torch.randn(8, 3), torch.randn(8, 3)
+    with pytest.raises(ValueError, match=r"the forward order of the chain layers changed to \[1, 0\]"):
+        opt = KFAC(Swapping(), nn.MSELoss(), approx="tridiag", stats_fraction=1.0)
+        opt.step(x, y)
+        opt.step(x, y)
+    with pytest.raises(ValueError, match=r"unsupported: expected one of \('diagonal', 'first_order', "
+                                         r"'error'\), got 'sgd'"):
+        KFAC(nn.Linear(3, 3), nn.MSELoss(), unsupported="sgd")
+
+    class TupleOut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x * self.w, x
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = TupleOut()
+
+        def forward(self, x):
+            return self.inner(x)[0]
+
+    with pytest.raises(TypeError, match=r"\(TupleOut\): K-FAC records a module's output, expected a "
+                                        r"tensor, got tuple"):
+        KFAC(Model(), nn.MSELoss()).step(x, y)
+
+
+def test_a_state_for_other_blocks_is_refused():
+    x, y = torch.randn(8, 3), torch.randn(8, 3)
+    opt = KFAC(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)), nn.MSELoss())
+    opt.step(x, y)
+    other = KFAC(nn.Sequential(nn.Linear(3, 3), nn.PReLU(3)), nn.MSELoss())
+    with pytest.raises(ValueError, match=r"saved for blocks of kinds \['linear', 'scale_shift'\], the "
+                                         r"model's are \['linear', 'diagonal'\]"):
+        other.load_state_dict(opt.state_dict())
+    stale = opt.state_dict()
+    stale["version"] = 1  # the linear-only optimizer's checkpoints
+    with pytest.raises(ValueError, match="expected version 2, got 1"):
+        opt.load_state_dict(stale)

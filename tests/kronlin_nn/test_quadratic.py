@@ -106,3 +106,18 @@ def test_reduction_ratio_conventions():
     assert reduction_ratio(0.5, 1.0, -1.0) == 0.5
     assert reduction_ratio(1.5, 1.0, -1.0) == -math.inf  # h increased (authors' code)
     assert math.isnan(reduction_ratio(math.nan, 1.0, -1.0))
+
+
+def test_blocks_without_a_cached_tangent_forward_are_refused():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.PReLU()).double()
+    blocks = model_blocks(model)
+    layout = ParameterLayout(blocks)
+    x, _ = data("mse", 4, 3, 3)
+    _, calls = forward_recorded(model, [b.module for b in blocks], x)
+    with pytest.raises(ValueError, match=r"blocks: \['1'\] have no cached tangent forward; use output_jvps"):
+        cached_output_jvps(model, blocks, calls, x, layout.unstack(torch.zeros(1, layout.size,
+                                                                                dtype=torch.float64)))
+    twice = torch.nn.Sequential(model[0], model[0])  # recorded once, called twice
+    with pytest.raises(RuntimeError, match="called more often in the quadratic model's pass"):
+        cached_output_jvps(twice, blocks[:1], calls[:1], x,
+                           layout.unstack(torch.zeros(1, layout.size, dtype=torch.float64))[:1])

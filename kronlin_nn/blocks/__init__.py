@@ -18,7 +18,7 @@ with a block class decorated by :func:`register_block`, imported here.
 """
 
 # importing the block modules registers their layer types
-from .base import CurvatureBlock, DiagonalFactors, KroneckerFactors
+from .base import CurvatureBlock, DiagonalFactors, FactoredBlock, KroneckerFactors
 from .conv2d import Conv2dBlock
 from .diagonal import DiagonalBlock, ParameterDiagonalBlock
 from .embedding import EmbeddingBlock
@@ -37,6 +37,7 @@ __all__ = [
     "DiagonalBlock",
     "DiagonalFactors",
     "EmbeddingBlock",
+    "FactoredBlock",
     "FirstOrderBlock",
     "KroneckerBlock",
     "KroneckerFactors",

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from ..capture import LayerIO
     from ..curvature import Candidates
 
-__all__ = ["CurvatureBlock", "DiagonalFactors", "KroneckerFactors", "module_path", "repeat_rows"]
+__all__ = ["CurvatureBlock", "DiagonalFactors", "FactoredBlock", "KroneckerFactors", "module_path",
+           "repeat_rows"]
 
 
 class KroneckerFactors(NamedTuple):
@@ -196,6 +197,20 @@ class CurvatureBlock(ABC):
 
         """
         return None
+
+
+class FactoredBlock(CurvatureBlock):
+    r"""A block :math:`A \otimes G` whose statistics are the per-case factors ``[A, G̃]``."""
+
+    statistics: ClassVar[tuple[str, ...]] = ("A", "G")
+
+    def factors(self, stats: Sequence[Tensor], kappa: float) -> KroneckerFactors:
+        """``(A, κG̃)``."""
+        return KroneckerFactors(stats[0], kappa * stats[1])
+
+    def kronecker_pair(self, stats: Sequence[Tensor], kappa: float) -> tuple[Tensor, Tensor]:
+        """``(A, κG̃)``."""
+        return stats[0], kappa * stats[1]
 
 
 def module_path(name: str) -> str:

@@ -30,7 +30,7 @@ from typing_extensions import override
 from ..curvature import Candidates, damped_inverses, symmetrized
 from ..damping import pi_scales
 from ..operators import DiagKron
-from .base import CallCursor, CurvatureBlock, KroneckerFactors, module_path, repeat_rows
+from .base import CallCursor, FactoredBlock, module_path, repeat_rows
 from .registry import register_block
 
 if TYPE_CHECKING:
@@ -47,11 +47,10 @@ _REFUSED = {  # option → (the only value handled exactly, why)
 
 
 @register_block(nn.Embedding)
-class EmbeddingBlock(CurvatureBlock):
+class EmbeddingBlock(FactoredBlock):
     r"""The block :math:`\operatorname{diag}(f) \otimes G` of an ``nn.Embedding``'s weight."""
 
     kind: ClassVar[str] = "embedding"
-    statistics: ClassVar[tuple[str, ...]] = ("A", "G")
     cached_tangents: ClassVar[bool] = True
 
     @classmethod
@@ -96,14 +95,6 @@ class EmbeddingBlock(CurvatureBlock):
             0, tokens, weight.new_ones(tokens.shape[0]))
         g = torch.cat([grad.reshape(-1, weight.shape[1]) for grad in grads])
         return [counts / tokens.shape[0], g.T @ g / n]
-
-    @override
-    def factors(self, stats: Sequence[Tensor], kappa: float) -> KroneckerFactors:
-        return KroneckerFactors(stats[0], kappa * stats[1])
-
-    @override
-    def kronecker_pair(self, stats: Sequence[Tensor], kappa: float) -> tuple[Tensor, Tensor]:
-        return stats[0], kappa * stats[1]
 
     # -- curvature -----------------------------------------------------------------------------
     @property

@@ -36,7 +36,7 @@ import kronlin
 from ..capture import homogeneous
 from ..curvature import Candidates, kronecker_candidates
 from ..damping import pi_scales
-from .base import CurvatureBlock, KroneckerFactors, module_path
+from .base import FactoredBlock, module_path
 
 if TYPE_CHECKING:
     from ..capture import LayerIO
@@ -44,14 +44,13 @@ if TYPE_CHECKING:
 __all__ = ["KroneckerBlock"]
 
 
-class KroneckerBlock(CurvatureBlock):
+class KroneckerBlock(FactoredBlock):
     r"""The block :math:`\bar A \otimes G` of a layer with ``weight`` (``d_out × …``) and ``bias``.
 
     Subclasses say how a call's input becomes rows of :math:`a` (one per location) and how
     an output gradient becomes rows of :math:`g`, and give the tangent forward.
     """
 
-    statistics: ClassVar[tuple[str, ...]] = ("A", "G")
     chainable: ClassVar[bool] = True
     cached_tangents: ClassVar[bool] = True
 
@@ -128,14 +127,6 @@ class KroneckerBlock(CurvatureBlock):
     def row_statistics(a_bar: Tensor, g: Tensor, n: int) -> list[Tensor]:
         r""":math:`[\bar A, \tilde G]` from rows already gathered (see :meth:`rows`)."""
         return [a_bar.T @ a_bar / a_bar.shape[0], g.T @ g / n]
-
-    @override
-    def factors(self, stats: Sequence[Tensor], kappa: float) -> KroneckerFactors:
-        return KroneckerFactors(stats[0], kappa * stats[1])
-
-    @override
-    def kronecker_pair(self, stats: Sequence[Tensor], kappa: float) -> tuple[Tensor, Tensor]:
-        return stats[0], kappa * stats[1]
 
     # -- curvature -----------------------------------------------------------------------------
     @property

@@ -42,15 +42,14 @@ from torch.func import functional_call
 
 import kronlin
 
-from .blocks import UNSUPPORTED, CurvatureBlock, KroneckerBlock, model_blocks
-from .blocks.base import module_path
-from .capture import LayerIO, Recorder, check_chain, group_calls
+from .blocks import UNSUPPORTED, CurvatureBlock, KroneckerBlock, check_tridiag_chain, model_blocks
+from .capture import LayerIO, Recorder, group_calls
 from .curvature import (
     FactorError,
     KFACWarning,
     blockdiag_candidates,
     check_finite,
-    tridiag_blocks,
+    tridiag_candidates,
     tridiag_inverse,
 )
 from .damping import (
@@ -363,36 +362,12 @@ class KFAC(torch.optim.Optimizer):
         if self.approx == "tridiag":
             order = ([i for i in order if self._blocks[i].chainable]
                      + [i for i in order if not self._blocks[i].chainable])
-            self._check_chain([c for c in calls if self._blocks[c.layer].chainable])
+            check_tridiag_chain(self._blocks, [c for c in calls if self._blocks[c.layer].chainable])
         self._arrange([self._blocks[i] for i in order])
         position = {old: new for new, old in enumerate(order)}
         for c in calls:
             c.layer = position[c.layer]
         self._ordered = True
-
-    def _check_chain(self, calls: Sequence[LayerIO]) -> None:
-        """Refuse chain calls that the block-tridiagonal approximation cannot pair up."""
-        seen: dict[int, int] = {}
-        for c in calls:
-            seen[c.layer] = seen.get(c.layer, 0) + 1
-        for i, count in seen.items():
-            if count > 1:
-                raise ValueError(
-                    f"approx='tridiag': {module_path(self._blocks[i].name)} is called {count} times per "
-                    f"forward pass (weight sharing); a block-tridiagonal chain needs each layer "
-                    f"called once: use approx='blockdiag'"
-                )
-        check_chain(calls)
-        for c, d in zip(calls, calls[1:], strict=False):
-            b, e = self._blocks[c.layer], self._blocks[d.layer]
-            r, s = b.locations(c), e.locations(d)
-            if r != s:
-                raise ValueError(
-                    f"approx='tridiag': neighbouring chain layers {module_path(b.name)} "
-                    f"({type(b.module).__name__}, {r} locations per case) and {module_path(e.name)} "
-                    f"({type(e.module).__name__}, {s}) have different numbers of locations, so "
-                    f"their cross moments are not defined: use approx='blockdiag'"
-                )
 
     def _in_layer_order(self, calls: list[LayerIO]) -> list[LayerIO]:
         chain = [c.layer for c in calls if c.layer < self._chain]
@@ -490,31 +465,10 @@ class KFAC(torch.optim.Optimizer):
         """``BlockTridiagInverse`` over the chain, the other blocks beside it, per candidate."""
         c = self._chain
         A, G = [st[0] for st in stats[:c]], [kappa * st[1] for st in stats[:c]]
-        pis = pi_scales(A, G, self.pi)
         G_cross = [kappa * g for g in self._stats.G_cross]
         others = self._candidates(self._blocks[c:], stats[c:], candidates, kappa)
-        ok = (torch.stack([o.ok for o in others]).all(0).tolist() if others
-              else [True] * len(candidates))
-        ops, kept, blocks, error = [], [], [], None
-        for j, gamma in enumerate(candidates):
-            if not ok[j]:
-                error = FactorError(f"gamma={gamma} does not make every diagonal block positive "
-                                    f"definite")
-                continue
-            try:
-                b = tridiag_blocks(A, G, self._stats.A_cross, G_cross, pis, gamma)
-                op = tridiag_inverse(*b)
-            except FactorError as err:
-                error = err
-                continue
-            if others:
-                op = kronlin.BlockDiag([op, *(o.build(j) for o in others)])
-            ops.append(op)
-            kept.append(gamma)
-            blocks.append(b)
-        if not ops:
-            raise error
-        return ops, kept, blocks
+        return tridiag_candidates(A, G, self._stats.A_cross, G_cross, pi_scales(A, G, self.pi),
+                                  others, candidates)
 
     def _quadratic_model(self, deltas, delta0, grad_h, calls, inputs2, z, m, damping, eta,
                          fixed):

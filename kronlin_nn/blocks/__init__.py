@@ -25,7 +25,7 @@ from .embedding import EmbeddingBlock
 from .first_order import FirstOrderBlock
 from .kronecker import KroneckerBlock
 from .linear import LinearBlock
-from .model import UNSUPPORTED, model_blocks
+from .model import UNSUPPORTED, check_tridiag_chain, model_blocks
 from .registry import REGISTRY, block_for, register_block
 from .scale_shift import ScaleShiftBlock
 
@@ -45,6 +45,7 @@ __all__ = [
     "ParameterDiagonalBlock",
     "ScaleShiftBlock",
     "block_for",
+    "check_tridiag_chain",
     "model_blocks",
     "register_block",
 ]

@@ -14,14 +14,21 @@ trainable parameters that no registered block owns the ``unsupported`` policy's:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from torch import nn
 
-from .base import CurvatureBlock
+from ..capture import check_chain
+from .base import CurvatureBlock, module_path
 from .diagonal import ParameterDiagonalBlock
 from .first_order import FirstOrderBlock
 from .registry import block_for
 
-__all__ = ["UNSUPPORTED", "model_blocks"]
+if TYPE_CHECKING:
+    from ..capture import LayerIO
+
+__all__ = ["UNSUPPORTED", "check_tridiag_chain", "model_blocks"]
 
 UNSUPPORTED = ("diagonal", "first_order", "error")
 
@@ -84,3 +91,39 @@ def _unsupported_block(name: str, module: nn.Module, params: list, policy: str) 
         )
     block_class = ParameterDiagonalBlock if policy == "diagonal" else FirstOrderBlock
     return block_class(name, module, [p for _, p in params], [n for n, _ in params])
+
+
+def check_tridiag_chain(blocks: Sequence[CurvatureBlock], calls: Sequence[LayerIO]) -> None:
+    """Refuse chain calls that the block-tridiagonal approximation cannot pair up (paper §4.3).
+
+    Args:
+        blocks: the model's blocks (``calls[j].layer`` indexes them).
+        calls: the recorded calls of the chainable blocks, in call order.
+
+    Raises:
+        ValueError: a chain layer called more than once, layers that are not a chain
+            (:func:`~kronlin_nn.capture.check_chain`), or neighbours with different numbers of
+            locations per case (their cross moments pair location ``r`` with location ``r``).
+
+    """
+    seen: dict[int, int] = {}
+    for c in calls:
+        seen[c.layer] = seen.get(c.layer, 0) + 1
+    for i, count in seen.items():
+        if count > 1:
+            raise ValueError(
+                f"approx='tridiag': {module_path(blocks[i].name)} is called {count} times per "
+                f"forward pass (weight sharing); a block-tridiagonal chain needs each layer "
+                f"called once: use approx='blockdiag'"
+            )
+    check_chain(calls)
+    for c, d in zip(calls, calls[1:], strict=False):
+        b, e = blocks[c.layer], blocks[d.layer]
+        r, s = b.locations(c), e.locations(d)
+        if r != s:
+            raise ValueError(
+                f"approx='tridiag': neighbouring chain layers {module_path(b.name)} "
+                f"({type(b.module).__name__}, {r} locations per case) and {module_path(e.name)} "
+                f"({type(e.module).__name__}, {s}) have different numbers of locations, so "
+                f"their cross moments are not defined: use approx='blockdiag'"
+            )

@@ -156,8 +156,8 @@ class Recorder:
             raise ValueError(
                 f"model: expected every module with trainable parameters to be called in the "
                 f"forward pass; layers {names} were not (a module whose parameters an enclosing "
-                f"module uses in its own code is never called: give unsupported='first_order' "
-                f"or freeze it)"
+                f"module uses in its own code is never called: freeze its parameters, or give "
+                f"unsupported='first_order' if no block type covers it)"
             )
         return z, calls
 

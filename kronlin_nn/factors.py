@@ -1,6 +1,11 @@
-r"""Kronecker factors of the Fisher for one batch (paper §3, §5; spec §1–§2).
+r"""The curvature of one batch: output vectors, output gradients, and every block's factors.
 
-For layer ``i`` with inputs :math:`\bar a` (homogeneous coordinate included when the layer
+The optimizer and :func:`kfac_factors` share these steps: sample (or take, or factor) the
+vectors to backpropagate from the outputs (:func:`output_vectors`), backpropagate them to the
+recorded layer outputs only (:func:`output_gradients`), and let each curvature block
+(:mod:`kronlin_nn.blocks`) turn its records and gradients into statistics; a chain's cross
+moments come from :func:`cross_factors`. For a linear layer (paper §3, §5; spec §1–§2)
+with inputs :math:`\bar a` (homogeneous coordinate included when the layer
 has a bias) and output gradients :math:`g`, K-FAC approximates the layer's Fisher block by
 
 .. math::

@@ -5,8 +5,8 @@ learning rate of a grid whose best point is interior ("tuned"). The issue's crit
 ``KFAC(model, loss_fn)`` defaults, is reaching it in at most 20 iterations; with today's
 default initial damping (the largest curvature eigenvalue, about 100× too large on these
 problems) K-FAC spends its first iterations trust-region-like, so that test is marked as
-expected to fail until the defaults of issue 10 land (strict: it then reports the pass). The
-second test sets the initial damping, and nothing else, to show what the blocks do today.
+expected to fail (strictly: a pass is reported) for the workloads in ``AWAITING_DEFAULTS``.
+The second test sets the initial damping, and nothing else, to show what the blocks do today.
 """
 
 import functools
@@ -109,9 +109,15 @@ def _iterations_to_reach(workload, **config):
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="today's default initial damping is ~100x too large on these "
-                                       "problems; issue 10 replaces the defaults")
-@pytest.mark.parametrize("workload", WORKLOADS)
+# Measured on this branch's defaults (λ₀ = the largest curvature eigenvalue): none reached. With
+# issue 10's defaults (trial merge): 23, 12 and 25 iterations; "layernorm-mlp" then passes.
+AWAITING_DEFAULTS = {"cnn-digits", "layernorm-mlp", "bag-of-embeddings"}
+
+
+@pytest.mark.parametrize("workload", [
+    pytest.param(w, marks=pytest.mark.xfail(strict=True, reason="awaits defaults that need no tuning "
+                                                                 "(issue 10)"))
+    if w in AWAITING_DEFAULTS else w for w in WORKLOADS])
 def test_defaults_reach_tuned_adams_loss_in_half_the_iterations(workload):
     reached = _iterations_to_reach(workload)
     assert reached is not None and reached <= ADAM_ITERATIONS // 2

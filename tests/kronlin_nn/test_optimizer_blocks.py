@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import kronlin_nn.optimizer as optimizer_module
 from kronlin_nn import KFAC, kfac_factors
 from kronlin_nn.blocks import DiagonalFactors, model_blocks
 from kronlin_nn.curvature import KFACWarning
@@ -273,5 +274,5 @@ def test_a_state_for_other_blocks_is_refused():
         other.load_state_dict(opt.state_dict())
     stale = opt.state_dict()
     stale["version"] = 1  # the linear-only optimizer's checkpoints
-    with pytest.raises(ValueError, match="expected version 2, got 1"):
+    with pytest.raises(ValueError, match=f"expected version {optimizer_module._STATE_VERSION}, got 1"):
         opt.load_state_dict(stale)

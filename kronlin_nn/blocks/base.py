@@ -223,11 +223,6 @@ def repeat_rows(x: Tensor, K: int) -> Tensor:
     return x.unsqueeze(1).expand(x.shape[0], K, *x.shape[1:]).reshape(-1, *x.shape[1:])
 
 
-def tangent_rows(per_tangent: Tensor) -> Tensor:
-    """``(n, K, …)`` tangents as the ``(n·K, …)`` rows of the repeated pass (case-major)."""
-    return per_tangent.reshape(-1, *per_tangent.shape[2:])
-
-
 class CallCursor:
     """Hands out the recorded calls of a module in order, one per call of a tangent forward."""
 

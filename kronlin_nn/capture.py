@@ -1,14 +1,17 @@
-r"""Capturing what K-FAC needs from the training forward pass (paper §2, Algorithm 1).
+r"""Recording what K-FAC needs from a forward pass (paper §2, Algorithm 1).
 
-For every supported layer ``s = W a + b`` (``nn.Linear``) K-FAC needs the layer inputs ``a``
-(activations, paper :math:`a_{i-1}`) and outputs ``s`` of the forward pass; the output
-gradients :math:`g = \mathcal{D}s` come later from backpropagating chosen vectors to ``s``
-(see :mod:`kronlin_nn.factors`). The bias is the paper's homogeneous coordinate: the layer's
-parameter matrix is ``[W | b]`` of shape ``(d_out, d_in + 1)`` acting on ``ā = [a; 1]``.
+Every curvature block (:mod:`kronlin_nn.blocks`) turns the inputs and outputs of its module's
+calls into statistics; the output gradients :math:`g = \mathcal{D}s` come later from
+backpropagating chosen vectors to the recorded outputs ``s`` (:mod:`kronlin_nn.factors`).
 
-This module finds the supported layers of a model, records their inputs and outputs with
-forward hooks, and checks that they form a chain (needed by the block-tridiagonal
-approximation, paper §4.3).
+- :class:`Recorder`: forward hooks on a list of modules that append one :class:`LayerIO` per
+  call while recording is on. The hooks can stay registered between passes; nothing is kept
+  while recording is off. The blocks consume the records without caring who ran the forward
+  pass.
+- :func:`forward_recorded`: one recorded forward pass, checked to call every module.
+- :func:`check_chain`: whether the chain modules feed each other in order, as the
+  block-tridiagonal approximation needs (paper §4.3).
+- :func:`homogeneous`: :math:`\bar a = [a; 1]`, the bias as the homogeneous coordinate.
 """
 
 from __future__ import annotations
@@ -22,73 +25,47 @@ from torch import Tensor, nn
 
 __all__ = [
     "LayerIO",
+    "Recorder",
     "check_chain",
     "forward_recorded",
+    "group_calls",
     "homogeneous",
-    "record_layers",
-    "supported_layers",
 ]
-
-
-def supported_layers(model: nn.Module) -> list[nn.Linear]:
-    """The ``nn.Linear`` layers of ``model`` that K-FAC optimizes, in registration order.
-
-    A layer is optimized when its weight requires a gradient; its bias (if any) must then
-    require one too. Every other trainable parameter is an error, since K-FAC would have no
-    curvature block for it.
-
-    Raises:
-        ValueError: no trainable ``nn.Linear`` layer, a trainable parameter outside them, or a
-            layer whose weight and bias disagree on ``requires_grad``.
-
-    """
-    layers, owned = [], set()
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and module.weight.requires_grad:
-            if module.bias is not None and not module.bias.requires_grad:
-                raise ValueError(
-                    f"model.{name}: expected the bias to require grad like the weight (the bias is "
-                    f"the layer's homogeneous coordinate), got a frozen bias"
-                )
-            layers.append(module)
-            owned.update(id(p) for p in module.parameters())
-    if not layers:
-        raise ValueError("model: expected at least one trainable nn.Linear layer, found none")
-    for name, p in model.named_parameters():
-        if p.requires_grad and id(p) not in owned:
-            raise ValueError(
-                f"model.{name}: K-FAC supports trainable parameters of nn.Linear layers only; got "
-                f"a trainable parameter of shape {tuple(p.shape)} elsewhere (freeze it with "
-                f"requires_grad_(False) or drop it)"
-            )
-    return layers
 
 
 @dataclass
 class LayerIO:
-    """One call of a supported layer during a forward pass.
+    """One call of a recorded module during a forward pass.
+
+    All tensors have the cases as their first dimension. Calls of one module within one
+    recorded forward pass see the same cases (weight sharing): row ``i`` of each is case ``i``.
 
     Attributes:
-        layer: index of the layer in the optimizer's layer list.
-        a: the layer input, shape ``(n, d_in)`` (no homogeneous coordinate).
-        s: the layer output, shape ``(n, d_out)``, part of the autograd graph.
+        layer: index of the module in the recorder's module list.
+        inputs: the positional inputs of the call, detached.
+        s: the output, part of the autograd graph.
         node: ``s.grad_fn`` when recorded (used to trace the chain).
-        input_node: ``a.grad_fn`` when recorded (``None`` for a leaf input).
+        input_node: the first input's ``grad_fn`` when recorded (``None`` for a leaf input).
         version: ``s._version`` when recorded (detects later in-place changes).
 
     """
 
     layer: int
-    a: Tensor
+    inputs: tuple
     s: Tensor
     node: object
     input_node: object
     version: int
 
+    @property
+    def a(self) -> Tensor:
+        """The first input (the layer input :math:`a` of a linear layer)."""
+        return self.inputs[0]
+
     def first_rows(self, m: int) -> LayerIO:
         """The record restricted to the first ``m`` cases (views, same version counter)."""
-        return LayerIO(self.layer, self.a[:m], self.s[:m], self.node, self.input_node,
-                       self.version)
+        inputs = tuple(x[:m] if isinstance(x, Tensor) else x for x in self.inputs)
+        return LayerIO(self.layer, inputs, self.s[:m], self.node, self.input_node, self.version)
 
     def output(self) -> Tensor:
         """The recorded output ``s``, checked to be unmodified since the forward pass.
@@ -105,66 +82,128 @@ class LayerIO:
         return self.s
 
 
-@contextlib.contextmanager
-def record_layers(layers: Sequence[nn.Linear]) -> Iterator[list[LayerIO]]:
-    """Record the input and output of every call of ``layers`` inside the ``with`` block.
+class Recorder:
+    """Forward hooks that record every call of ``modules`` while recording is on.
 
-    Yields the list that the calls are appended to, in call order.
+    Args:
+        modules: the modules to record; :attr:`LayerIO.layer` indexes this list (``None``
+            entries are not recorded; a module listed twice gets a record for each entry).
 
-    Raises:
-        ValueError: (during the forward pass) a layer input that is not 2-D ``(n, d_in)``.
+    The hooks are registered by :meth:`attach` (or by :meth:`recording`) and stay until
+    :meth:`detach`; they record only between :meth:`start` and :meth:`stop`, so a model whose
+    hooks stay attached costs nothing outside K-FAC's passes.
 
     """
-    calls: list[LayerIO] = []
-    index = {id(m): i for i, m in enumerate(layers)}
 
-    def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-        a = args[0]
-        if a.ndim != 2:
+    def __init__(self, modules: Sequence[nn.Module | None]):
+        self.modules = list(modules)
+        self.calls: list[LayerIO] = []
+        self._index: dict[int, list[int]] = {}
+        for i, m in enumerate(self.modules):
+            if m is not None:
+                self._index.setdefault(id(m), []).append(i)
+        self._handles: list = []
+        self._on = False
+
+    def attach(self) -> None:
+        """Register the forward hooks (idempotent)."""
+        if not self._handles:
+            unique = {id(m): m for m in self.modules if m is not None}
+            self._handles = [m.register_forward_hook(self._hook) for m in unique.values()]
+
+    def detach(self) -> None:
+        """Remove the forward hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def start(self) -> None:
+        """Begin recording into a fresh :attr:`calls` list."""
+        self.calls = []
+        self._on = True
+
+    def stop(self) -> list[LayerIO]:
+        """Stop recording; return the calls recorded since :meth:`start`, in call order."""
+        self._on = False
+        return self.calls
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[list[LayerIO]]:
+        """Record inside the ``with`` block (attaching the hooks for it if they were not)."""
+        attached = bool(self._handles)
+        self.attach()
+        self.start()
+        try:
+            yield self.calls
+        finally:
+            self.stop()
+            if not attached:
+                self.detach()
+
+    def forward(self, model: nn.Module, inputs: Tensor) -> tuple[Tensor, list[LayerIO]]:
+        """``model(inputs)`` recorded, checked to call every recorded module (see below).
+
+        Raises:
+            ValueError: a module was not called (its parameters would get no curvature).
+
+        """
+        with self.recording() as calls:
+            z = model(inputs)
+        called = {c.layer for c in calls}
+        missing = [i for i, m in enumerate(self.modules) if m is not None and i not in called]
+        if missing:
+            names = ", ".join(f"{i} ({type(self.modules[i]).__name__})" for i in missing)
             raise ValueError(
-                f"layer {index[id(module)]} ({module}): K-FAC expects inputs of shape (n, d_in), "
-                f"got {tuple(a.shape)}; flatten the extra dimensions into the batch first"
+                f"model: expected every module with trainable parameters to be called in the "
+                f"forward pass; layers {names} were not (a module whose parameters an enclosing "
+                f"module uses in its own code is never called: freeze its parameters, or give "
+                f"unsupported='first_order' if no block type covers it)"
             )
-        calls.append(LayerIO(index[id(module)], a.detach(), output, output.grad_fn,
-                             a.grad_fn, output._version))
+        return z, calls
 
-    handles = [m.register_forward_hook(hook) for m in layers]
-    try:
-        yield calls
-    finally:
-        for h in handles:
-            h.remove()
+    def _hook(self, module: nn.Module, args: tuple, output: Tensor) -> None:
+        if not self._on:
+            return
+        indices = self._index[id(module)]
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                f"layer {indices[0]} ({type(module).__name__}): K-FAC records a module's output, "
+                f"expected a tensor, got {type(output).__name__}"
+            )
+        inputs = tuple(x.detach() if isinstance(x, Tensor) else x for x in args)
+        first = args[0] if args and isinstance(args[0], Tensor) else None
+        for i in indices:
+            self.calls.append(LayerIO(i, inputs, output, output.grad_fn,
+                                      None if first is None else first.grad_fn, output._version))
 
 
 def forward_recorded(
-    model: nn.Module, layers: Sequence[nn.Linear], inputs: Tensor
+    model: nn.Module, modules: Sequence[nn.Module | None], inputs: Tensor
 ) -> tuple[Tensor, list[LayerIO]]:
-    """Run ``model(inputs)`` and return its output with one :class:`LayerIO` per layer.
+    """Run ``model(inputs)`` and return its output with one :class:`LayerIO` per module call.
 
-    The list is in forward (call) order.
+    The list is in call order; a module called twice (weight sharing) has two records.
 
     Raises:
-        ValueError: a supported layer was called more than once, or not at all (weight
-            sharing and skipped layers have no K-FAC block here).
+        ValueError: a module was not called (its parameters would get no curvature).
 
     """
-    with record_layers(layers) as calls:
-        z = model(inputs)
-    seen = [c.layer for c in calls]
-    if sorted(seen) != list(range(len(layers))):
-        counts = {i: seen.count(i) for i in range(len(layers)) if seen.count(i) != 1}
-        raise ValueError(
-            f"model: expected each trainable nn.Linear to be called exactly once per forward "
-            f"pass; got call counts {counts} (layer index: calls)"
-        )
-    return z, calls
+    return Recorder(modules).forward(model, inputs)
+
+
+def group_calls(calls: Sequence[LayerIO], n_layers: int) -> list[list[LayerIO]]:
+    """The calls of each layer ``0 … n_layers − 1``, in call order (empty for unrecorded layers)."""
+    groups: list[list[LayerIO]] = [[] for _ in range(n_layers)]
+    for call in calls:
+        groups[call.layer].append(call)
+    return groups
 
 
 def homogeneous(a: Tensor, bias: bool) -> Tensor:
-    """``ā = [a, 1]`` (the homogeneous coordinate appended as a last column) if ``bias``, else ``a``."""
+    """``ā = [a, 1]`` (the homogeneous coordinate appended on the last dimension) if ``bias``."""
     if not bias:
         return a
-    return torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
+    return torch.cat([a, a.new_ones(*a.shape[:-1], 1)], dim=-1)
 
 
 def check_chain(calls: Sequence[LayerIO]) -> None:
@@ -184,9 +223,10 @@ def check_chain(calls: Sequence[LayerIO]) -> None:
         expected = {calls[pos - 1].layer} if pos > 0 else set()
         if reached != expected:
             raise ValueError(
-                "approx='tridiag': the trainable nn.Linear layers must form a chain in forward "
-                f"order (each fed only by the previous one); the input of layer {call.layer} "
-                f"(call {pos}) depends on layers {sorted(reached)}, expected {sorted(expected)}"
+                "approx='tridiag': the chain layers (nn.Linear, nn.Conv2d) must form a chain in "
+                f"forward order (each fed only by the previous one); the input of layer "
+                f"{call.layer} (call {pos}) depends on layers {sorted(reached)}, expected "
+                f"{sorted(expected)}"
             )
 
 

@@ -60,7 +60,8 @@ def pi_scales(A: Sequence[Tensor], G: Sequence[Tensor], kind: str = "trace") -> 
     A factor with zero norm gives :math:`\pi = 1` (as tensorflow/kfac does), instead of 0 or ∞.
 
     Args:
-        A: input factors, each ``(d_a, d_a)``.
+        A: input factors, each ``(d_a, d_a)``, or ``(d_a,)`` for a diagonal factor (its
+            diagonal; an embedding's one-hot covariance).
         G: output-gradient factors, each ``(d_g, d_g)``.
         kind: one of :data:`PI_KINDS`.
 
@@ -76,13 +77,23 @@ def pi_scales(A: Sequence[Tensor], G: Sequence[Tensor], kind: str = "trace") -> 
             out.append(torch.ones((), dtype=a.dtype, device=a.device))
             continue
         if kind == "trace":
-            na, ng = torch.trace(a) / a.shape[0], torch.trace(g) / g.shape[0]
+            na, ng = _trace(a) / a.shape[0], _trace(g) / g.shape[0]
         else:
-            na = torch.linalg.matrix_norm(a) / math.sqrt(a.shape[0])
-            ng = torch.linalg.matrix_norm(g) / math.sqrt(g.shape[0])
+            na = _frobenius(a) / math.sqrt(a.shape[0])
+            ng = _frobenius(g) / math.sqrt(g.shape[0])
         ok = (na > 0) & (ng > 0) & torch.isfinite(na) & torch.isfinite(ng)
         out.append(torch.where(ok, torch.sqrt(na / torch.where(ok, ng, 1.0)), 1.0))
     return out
+
+
+def _trace(M: Tensor) -> Tensor:
+    """The trace of a square matrix, or of the diagonal matrix of a vector."""
+    return M.sum() if M.ndim == 1 else torch.trace(M)
+
+
+def _frobenius(M: Tensor) -> Tensor:
+    """The Frobenius norm of a square matrix, or of the diagonal matrix of a vector."""
+    return torch.linalg.vector_norm(M) if M.ndim == 1 else torch.linalg.matrix_norm(M)
 
 
 def levenberg_marquardt(
@@ -132,7 +143,7 @@ def curvature_scale(A: Sequence[Tensor], G: Sequence[Tensor]) -> float:
     fraction of it. The eigenvalues come from a short power iteration (:func:`_top_eigenvalue`).
 
     Args:
-        A: the batch's input factors.
+        A: the first batch's input factors (a vector stands for a diagonal factor).
         G: its output-gradient factors, including the reduction scale :math:`\kappa`.
 
     Returns:
@@ -140,6 +151,8 @@ def curvature_scale(A: Sequence[Tensor], G: Sequence[Tensor]) -> float:
 
     """
     tops = [_top_eigenvalue(a) * _top_eigenvalue(g) for a, g in zip(A, G, strict=True)]
+    if not tops:  # no block with curvature (first-order blocks only)
+        return 1.0
     top = float(torch.stack(tops).max())
     return top if top > 0 and math.isfinite(top) else 1.0
 
@@ -197,8 +210,11 @@ def _top_eigenvalue(M: Tensor, iterations: int = 20) -> Tensor:
     """The largest eigenvalue of a symmetric PSD ``M`` by power iteration from the ones vector.
 
     A calibration needs only its order of magnitude; 20 matrix–vector products (``O(d²)``)
-    instead of a full eigendecomposition (``O(d³)``).
+    instead of a full eigendecomposition (``O(d³)``). A vector stands for its diagonal
+    matrix, whose largest eigenvalue is its largest entry.
     """
+    if M.ndim == 1:
+        return M.max()
     v = torch.ones(M.shape[0], dtype=M.dtype, device=M.device)
     for _ in range(iterations):
         v = M @ v

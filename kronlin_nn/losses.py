@@ -70,6 +70,9 @@ class PredictiveDistribution:
     def _elements_per_case(self, n_outputs: int) -> int:
         return n_outputs
 
+    def check_output(self, z: Tensor) -> None:
+        """Refuse model outputs whose flattening to ``(n, D)`` would change the distribution."""
+
     def output_grad(self, z: Tensor, y: Tensor) -> Tensor:
         r""":math:`\partial \ell(y_n, z_n) / \partial z_n` for every case: shape ``(n, D)``.
 
@@ -168,6 +171,20 @@ class Categorical(PredictiveDistribution):
 
     def _elements_per_case(self, n_outputs: int) -> int:
         return 1
+
+    def check_output(self, z: Tensor) -> None:
+        """Raise ``ValueError`` unless ``z`` is ``(n, C)``.
+
+        ``nn.CrossEntropyLoss`` on ``(n, C, d₁, …)`` outputs has a categorical distribution
+        per position (and a mean over positions); flattened to ``(n, C·d₁…)`` it would be a
+        single one over all of them.
+        """
+        if z.ndim != 2:
+            raise ValueError(
+                f"loss_fn: nn.CrossEntropyLoss on model outputs of shape {tuple(z.shape)} (a "
+                f"class dimension and positions) is not supported, expected outputs (n, C); "
+                f"move the positions into the batch dimension"
+            )
 
     def output_grad(self, z: Tensor, y: Tensor) -> Tensor:
         """``softmax(z) − onehot(y)`` (or ``− y`` for probability targets)."""

@@ -42,12 +42,14 @@ from torch.func import functional_call
 
 import kronlin
 
-from .capture import LayerIO, check_chain, forward_recorded, homogeneous, supported_layers
+from .blocks import UNSUPPORTED, CurvatureBlock, KroneckerBlock, check_tridiag_chain, model_blocks
+from .capture import LayerIO, Recorder, group_calls
 from .curvature import (
     FactorError,
     KFACWarning,
-    blockdiag_inverses,
-    tridiag_blocks,
+    blockdiag_candidates,
+    check_finite,
+    tridiag_candidates,
     tridiag_inverse,
 )
 from .damping import (
@@ -66,14 +68,18 @@ from .factors import (
     check_fisher,
     cross_factors,
     flat_targets,
-    gradient_factors,
-    input_factors,
     output_gradients,
     output_vectors,
 )
 from .layout import ParameterLayout
 from .losses import predictive_distribution
-from .quadratic import cached_output_jvps, model_change, reduction_ratio, solve_coefficients
+from .quadratic import (
+    cached_output_jvps,
+    model_change,
+    output_jvps,
+    reduction_ratio,
+    solve_coefficients,
+)
 from .statistics import FactorStatistics
 
 __all__ = ["KFAC"]
@@ -83,22 +89,26 @@ UNITS = ("loss", "case")
 # The default lower bound of λ, relative to the first batch's largest curvature eigenvalue: two
 # decades below the search grid, where the factored damping is still ~1e-5 of the factors' scale.
 LAMBDA_FLOOR = 1e-10
-_STATE_VERSION = 2
+_STATE_VERSION = 3
 
 
 class KFAC(torch.optim.Optimizer):
     r"""K-FAC (Martens & Grosse 2015) with the paper's full damping and momentum machinery.
 
     Args:
-        model: the network. Its trainable parameters must all belong to ``nn.Linear`` layers
-            (with or without bias), each called once per forward pass on ``(n, d_in)`` inputs;
-            the model must treat cases independently (no BatchNorm in training mode): it is
-            evaluated on sub-batches.
+        model: the network. Every trainable parameter gets a curvature block
+            (:mod:`kronlin_nn.blocks`): ``nn.Linear`` (on ``(n, …, d_in)`` inputs, called
+            once or more per forward pass), ``nn.Conv2d``, ``nn.Embedding``, the affine part
+            of normalization layers, and ``unsupported``'s choice for the rest. The model
+            must treat cases independently (no BatchNorm in training mode): it is evaluated
+            on sub-batches.
         loss_fn: ``nn.MSELoss``, ``nn.BCEWithLogitsLoss`` or ``nn.CrossEntropyLoss`` with
             reduction ``"mean"`` or ``"sum"``; the objective is exactly ``loss_fn(model(x), y)``
             plus ``weight_decay/2·‖θ‖²``, and the curvature is that objective's Fisher.
         approx: ``"blockdiag"`` (:math:`\breve F`, paper §4.2; the paper's recommendation) or
-            ``"tridiag"`` (:math:`\hat F`, §4.3; the layers must form a chain in forward order).
+            ``"tridiag"`` (:math:`\hat F`, §4.3; the ``nn.Linear``/``nn.Conv2d`` layers must
+            form a chain in forward order, each called once; the other blocks sit on its
+            block diagonal).
         fisher: statistics from targets sampled from the model (``"mc"``, the paper), the
             data's targets (``"empirical"``) or the exact expectation (``"exact"``, one backward
             pass per output).
@@ -145,6 +155,10 @@ class KFAC(torch.optim.Optimizer):
             float32; the authors' code has ``(0, ∞)``.
         rho_includes_damping: whether :math:`M` in :math:`\rho` includes the λ term (the paper;
             tensorflow/kfac and kfac-jax exclude it).
+        unsupported: what trainable parameters without a registered block get:
+            ``"diagonal"`` (a diagonal-Fisher block), ``"first_order"`` (the damping alone,
+            :math:`\gamma^2 I`: a gradient step sized by the quadratic model) or ``"error"``
+            (:func:`~kronlin_nn.blocks.model_blocks`).
 
     The returned diagnostics of :meth:`step` are a dict with ``"loss"`` (:math:`h(\theta)` before
     the step, weight decay included), ``"lambda"`` and ``"gamma"`` (the values this step used),
@@ -181,15 +195,17 @@ class KFAC(torch.optim.Optimizer):
         gamma_bounds: tuple[float, float] | None = None,
         damping_bounds: tuple[float, float] | None = None,
         rho_includes_damping: bool = True,
+        unsupported: str = "diagonal",
     ):
         _validate(approx=approx, fisher=fisher, lr=lr, momentum=momentum, damping=damping,
                   gamma_rule=gamma_rule, units=units, weight_decay=weight_decay, inverse_every=inverse_every,
                   damping_every=damping_every, gamma_every=gamma_every,
                   stats_fraction=stats_fraction, quad_fraction=quad_fraction,
                   quad_min_cases=quad_min_cases, pi=pi,
-                  damping_bounds=damping_bounds, gamma_bounds=gamma_bounds)
-        layers = supported_layers(model)
-        super().__init__([p for m in layers for p in m.parameters()],
+                  damping_bounds=damping_bounds, gamma_bounds=gamma_bounds,
+                  unsupported=unsupported)
+        blocks = model_blocks(model, unsupported)
+        super().__init__([p for b in blocks for p in b.params if p is not None],
                          {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
         self.model, self.loss_fn = model, loss_fn
         self._dist = predictive_distribution(loss_fn)
@@ -202,10 +218,12 @@ class KFAC(torch.optim.Optimizer):
         self.quad_min_cases = quad_min_cases
         self.gamma_bounds = gamma_bounds
         self._damping_bounds = damping_bounds  # None until the first batch sets the default
-        self._layers = layers
-        self._registration = {id(m): i for i, m in enumerate(layers)}
+        if approx == "tridiag" and not any(b.chainable for b in blocks):
+            raise ValueError("approx='tridiag': expected nn.Linear or nn.Conv2d layers to chain, "
+                             "the model has none")
+        self._registration = {id(b): i for i, b in enumerate(blocks)}
         self._ordered = False
-        self._layout = ParameterLayout(layers)
+        self._arrange(blocks)
         self._names = {id(p): n for n, p in model.named_parameters()}
         self._stats = FactorStatistics(ema_max)
         self._lambda = damping
@@ -251,7 +269,7 @@ class KFAC(torch.optim.Optimizer):
         batch = self._factor_estimates(calls1, g, n1)
 
         # one host sync for all the finiteness checks
-        stats_norm = torch.stack(torch._foreach_norm(_flatten(batch), 1)).sum()
+        stats_norm = _total_norm([t for ts in batch.values() for t in ts], grad_h)
         checks = torch.stack([h, grad_h.sum(), stats_norm])
         h_value, grad_sum, stats_sum = checks.tolist()
         if not (math.isfinite(h_value) and math.isfinite(grad_sum)):
@@ -259,12 +277,12 @@ class KFAC(torch.optim.Optimizer):
         self._k += 1
         k = self._k
         if math.isfinite(stats_sum):
-            self._stats.update(*batch)
+            self._stats.update(**batch)
         else:
             warnings.warn(f"step {k}: non-finite curvature statistics; batch skipped", KFACWarning,
                           stacklevel=2)
         if self._damping_bounds is None:
-            top = curvature_scale(batch[0], [kappa * g for g in batch[1]]) / unit
+            top = curvature_scale(*self._kronecker_pairs(batch, kappa)) / unit
             self._damping_bounds = (LAMBDA_FLOOR * top, math.inf)
         if self._lambda is None:
             self._lambda = self._search_damping(batch, kappa, grad_h, theta, calls, inputs,
@@ -320,33 +338,88 @@ class KFAC(torch.optim.Optimizer):
         return {"loss": h_value, "lambda": lam, "gamma": candidates[j], "alpha": float(alpha),
                 "mu": float(mu), "rho": rho, "refreshed": refreshed, "accepted": True}
 
+    # -- the blocks ---------------------------------------------------------------------------
+    def _arrange(self, blocks: Sequence[CurvatureBlock]) -> None:
+        """Adopt ``blocks`` as the order of the flat vector, and what follows from it.
+
+        Each block's statistics are at fixed positions of the statistics' groups
+        (``self._slots``); the recorder records the modules of the blocks that need it.
+        """
+        self._blocks = list(blocks)
+        self._layers = [b.module for b in self._blocks]
+        self._layout = ParameterLayout(self._blocks)
+        self._recorder = Recorder([b.module if b.recorded else None for b in self._blocks])
+        counts: dict[str, int] = {}
+        self._slots = []
+        for b in self._blocks:
+            self._slots.append({name: counts.get(name, 0) for name in b.statistics})
+            for name in b.statistics:
+                counts[name] = counts.get(name, 0) + 1
+        self._groups = ("A", "G", *sorted(set(counts) - {"A", "G"}))
+        self._chain = (sum(1 for b in self._blocks if b.chainable)
+                       if self.approx == "tridiag" else 0)
+        self._cached_tangents = all(b.cached_tangents for b in self._blocks)
+
+    def _kronecker_pairs(self, batch: dict[str, list[Tensor]],
+                         kappa: float) -> tuple[list[Tensor], list[Tensor]]:
+        """Every block's curvature as a Kronecker pair, ``([L…], [R…])`` (for scale estimates)."""
+        pairs = [pair for b, stats in zip(self._blocks, self._block_stats(batch), strict=True)
+                 if (pair := b.kronecker_pair(stats, kappa)) is not None]
+        return [a for a, _ in pairs], [g for _, g in pairs]
+
+    def _block_stats(self, groups: dict[str, list[Tensor]]) -> list[list[Tensor]]:
+        """Per block, its statistics from the named groups (a batch's or the averages)."""
+        return [[groups[name][slot[name]] for name in b.statistics]
+                for b, slot in zip(self._blocks, self._slots, strict=True)]
+
     # -- the steps of an iteration --------------------------------------------------------
     def _forward(self, inputs: Tensor) -> tuple[Tensor, list[LayerIO]]:
-        """``model(inputs)`` with its layer records, in layer order."""
-        z, calls = forward_recorded(self.model, self._layers, inputs)
+        """``model(inputs)`` with its recorded calls, in block order (checked by the blocks)."""
+        z, calls = self._recorder.forward(self.model, inputs)
         if not self._ordered:
             self._adopt_forward_order(calls)
-        return z, self._in_layer_order(calls)
+        calls = self._in_layer_order(calls)
+        self._dist.check_output(z)
+        for block, block_calls in zip(self._blocks, group_calls(calls, len(self._blocks)),
+                                      strict=True):
+            block.check(block_calls)
+        return z, calls
 
     def _adopt_forward_order(self, calls: Sequence[LayerIO]) -> None:
-        """Order the layers as the forward pass calls them (the chain order for ``tridiag``)."""
-        if self.approx == "tridiag":
-            check_chain(calls)
-        order = [c.layer for c in calls]
-        self._layers = [self._layers[i] for i in order]
-        self._layout = ParameterLayout(self._layers)
+        """Order the blocks as the forward pass first calls them.
+
+        For ``tridiag`` the chain blocks (``nn.Linear``, ``nn.Conv2d``) come first, in forward
+        order, then the others: the chain's part of the flat vector is contiguous.
+
+        Raises:
+            ValueError: for ``tridiag``, chain layers that are not a chain, that are called more
+                than once, or whose neighbours have different numbers of locations per case.
+
+        """
+        first: dict[int, int] = {}
         for pos, c in enumerate(calls):
-            c.layer = pos
+            first.setdefault(c.layer, pos)
+        # unrecorded blocks (first-order ones) last, in registration order
+        order = sorted(range(len(self._blocks)), key=lambda i: (i not in first, first.get(i, i)))
+        if self.approx == "tridiag":
+            order = ([i for i in order if self._blocks[i].chainable]
+                     + [i for i in order if not self._blocks[i].chainable])
+            check_tridiag_chain(self._blocks, [c for c in calls if self._blocks[c.layer].chainable])
+        self._arrange([self._blocks[i] for i in order])
+        position = {old: new for new, old in enumerate(order)}
+        for c in calls:
+            c.layer = position[c.layer]
         self._ordered = True
 
     def _in_layer_order(self, calls: list[LayerIO]) -> list[LayerIO]:
+        chain = [c.layer for c in calls if c.layer < self._chain]
+        if chain != sorted(chain):
+            raise ValueError(
+                f"model: the forward order of the chain layers changed to {chain}; "
+                f"approx='tridiag' needs a fixed chain"
+            )
         order = [c.layer for c in calls]
         if order != sorted(order):
-            if self.approx == "tridiag":
-                raise ValueError(
-                    f"model: the forward order of the nn.Linear layers changed to {order}; "
-                    f"approx='tridiag' needs a fixed chain"
-                )
             calls = sorted(calls, key=lambda c: c.layer)
         return calls
 
@@ -358,9 +431,8 @@ class KFAC(torch.optim.Optimizer):
         """
         loss = self.loss_fn(z, targets)
         theta = self._layout.flat_parameters()
-        params = [p for pair in self._layout.parameters() for p in pair if p is not None]
-        grads = torch.autograd.grad(loss, params, retain_graph=retain_graph)
-        grad_h = self._layout.pack(_pairs(grads, self._layout.has_bias)).add_(theta, alpha=eta)
+        grads = torch.autograd.grad(loss, self._layout.trainable(), retain_graph=retain_graph)
+        grad_h = self._layout.pack(self._layout.regroup(grads)).add_(theta, alpha=eta)
         return loss.detach() + 0.5 * eta * (theta @ theta), theta, grad_h
 
     def _extra_backward(self, z1: Tensor, calls: Sequence[LayerIO], targets: Tensor,
@@ -371,13 +443,26 @@ class KFAC(torch.optim.Optimizer):
         vectors = output_vectors(self._dist, z1.detach(), y, self.fisher, self._rng(z1.device))
         return output_gradients(z1, [c.output() for c in calls], vectors)
 
-    def _factor_estimates(self, calls: Sequence[LayerIO], g: Sequence[Tensor], n1: int):
-        """The batch's factors from ``S_1``: ``(A, G̃)`` and for ``tridiag`` the cross moments."""
-        a_bar = [homogeneous(c.a, b) for c, b in zip(calls, self._layout.has_bias, strict=True)]
-        A, G = input_factors(a_bar), gradient_factors(g, n1)
+    def _factor_estimates(self, calls: Sequence[LayerIO], g: Sequence[Tensor],
+                          n1: int) -> dict[str, list[Tensor]]:
+        """The batch's statistics from ``S_1``, by group; for ``tridiag`` the cross moments too."""
+        batch: dict[str, list[Tensor]] = {name: [] for name in self._groups}
+        grads, chain_rows = iter(g), []
+        for i, (block, block_calls) in enumerate(zip(self._blocks,
+                                                     group_calls(calls, len(self._blocks)),
+                                                     strict=True)):
+            block_grads = [next(grads) for _ in block_calls]
+            if i < self._chain:
+                chain_rows.append(block.rows(block_calls, block_grads))
+                stats = KroneckerBlock.row_statistics(*chain_rows[-1], n1)
+            else:
+                stats = block.batch_statistics(block_calls, block_grads, n1)
+            for name, t in zip(block.statistics, stats, strict=True):
+                batch[name].append(t)
         if self.approx == "tridiag":
-            return (A, G, *cross_factors(a_bar, g, n1))
-        return (A, G)
+            batch["A_cross"], batch["G_cross"] = cross_factors(
+                [a for a, _ in chain_rows], [gr for _, gr in chain_rows], n1)
+        return batch
 
     def _proposals(self, ops: Sequence[kronlin.LinearOperator], grad_h: Tensor) -> list[Tensor]:
         r""":math:`\Delta_\gamma = -\tilde F_\gamma^{-1}\nabla h` for each candidate's operator."""
@@ -387,8 +472,8 @@ class KFAC(torch.optim.Optimizer):
                    gamma_scale: float = 1.0):
         """The damped inverse for each candidate γ: ``(ops, kept γ, blocks)``.
 
-        Candidates whose damped factors cannot be factored are dropped; ``ops`` is ``None``
-        if the refresh failed. ``blocks`` holds, for ``tridiag``, each operator's blocks.
+        Candidates whose damped curvature cannot be factored are dropped; ``ops`` is ``None``
+        if the refresh failed. ``blocks`` holds, for ``tridiag``, each operator's chain blocks.
         ``gamma_scale`` converts γ to the loss's units (√κ for ``units="case"``).
         """
         if not refresh:
@@ -399,26 +484,12 @@ class KFAC(torch.optim.Optimizer):
 
     def _damped_inverses(self, candidates: list[float], kappa: float):
         """:meth:`_operators` for γ in the loss's units."""
-        stats = self._stats
-        G = [kappa * g for g in stats.G]
-        pis = pi_scales(stats.A, G, self.pi)
+        stats = self._block_stats(self._stats.groups)
         try:
             if self.approx == "blockdiag":
-                return (*blockdiag_inverses(stats.A, G, pis, candidates), None)
-            G_cross = [kappa * g for g in stats.G_cross]
-            ops, kept, blocks, error = [], [], [], None
-            for gamma in candidates:
-                try:
-                    b = tridiag_blocks(stats.A, G, stats.A_cross, G_cross, pis, gamma)
-                    ops.append(tridiag_inverse(*b))
-                except FactorError as err:
-                    error = err
-                    continue
-                kept.append(gamma)
-                blocks.append(b)
-            if not ops:
-                raise error
-            return ops, kept, blocks
+                return (*blockdiag_candidates(self._candidates(self._blocks, stats, candidates,
+                                                               kappa), candidates), None)
+            return self._tridiag_operators(stats, candidates, kappa)
         except FactorError as err:
             if self._inverse is None:
                 raise FactorError(
@@ -428,6 +499,26 @@ class KFAC(torch.optim.Optimizer):
             warnings.warn(f"step {self._k}: inverse refresh skipped, keeping the last good "
                           f"inverses ({err})", KFACWarning, stacklevel=3)
             return None, None, None
+
+    def _candidates(self, blocks: Sequence[CurvatureBlock], stats: Sequence[Sequence[Tensor]],
+                    candidates: list[float], kappa: float) -> list:
+        """Each block's damped inverses for all candidates (statistics checked finite first)."""
+        tensors = [t for ts in stats for t in ts]
+        if tensors:
+            check_finite(tensors)
+        p = self._layout.trainable()[0]
+        gammas = torch.tensor(candidates, dtype=p.dtype, device=p.device)
+        return [b.inverses(st, kappa, gammas, self.pi) for b, st in zip(blocks, stats, strict=True)]
+
+    def _tridiag_operators(self, stats: Sequence[Sequence[Tensor]], candidates: list[float],
+                           kappa: float):
+        """``BlockTridiagInverse`` over the chain, the other blocks beside it, per candidate."""
+        c = self._chain
+        A, G = [st[0] for st in stats[:c]], [kappa * st[1] for st in stats[:c]]
+        G_cross = [kappa * g for g in self._stats.G_cross]
+        others = self._candidates(self._blocks[c:], stats[c:], candidates, kappa)
+        return tridiag_candidates(A, G, self._stats.A_cross, G_cross, pi_scales(A, G, self.pi),
+                                  others, candidates)
 
     def _quadratic_model(self, deltas, delta0, grad_h, calls, inputs2, z, m, damping, eta,
                          fixed):
@@ -488,11 +579,11 @@ class KFAC(torch.optim.Optimizer):
         damped factor and one forward pass per candidate. ``approx="tridiag"`` searches with
         the block-diagonal proposals too.
         """
-        A, G = batch[0], [kappa * g for g in batch[1]]
-        lams = damping_grid(curvature_scale(A, G))
+        lams = damping_grid(curvature_scale(*self._kronecker_pairs(batch, kappa)))
         gammas = [math.sqrt(lam + eta) for lam in lams]
         try:
-            ops, kept = blockdiag_inverses(A, G, pi_scales(A, G, self.pi), gammas)
+            ops, kept = blockdiag_candidates(
+                self._candidates(self._blocks, self._block_stats(batch), gammas, kappa), gammas)
         except FactorError:
             return lams[0]
         lams = [lam for lam, gamma in zip(lams, gammas, strict=True) if gamma in kept]
@@ -513,9 +604,12 @@ class KFAC(torch.optim.Optimizer):
                      m: int) -> Tensor:
         r""":math:`[u_k^\top F u_l]` for the rows ``u_k`` of ``V``, F on the first ``n₂`` cases."""
         n2 = inputs2.shape[0]
-        calls = [c.first_rows(n2) for c in calls]
-        Jt = cached_output_jvps(self.model, self._layers, calls, inputs2,
-                                self._layout.unstack(V))
+        if self._cached_tangents:
+            calls = [c.first_rows(n2) for c in calls]
+            Jt = cached_output_jvps(self.model, self._blocks, calls, inputs2,
+                                    self._layout.unstack(V))
+        else:  # a block without a cached tangent forward: torch.func for the whole model
+            Jt = output_jvps(self.model, inputs2, self._layout.named_tensors(V, self._names))
         gram = self._dist.fisher_gram(z[:n2].detach().reshape(n2, -1), Jt)
         # F of the objective on S': s Σ_{n∈S'} ≈ s (m/n₂) Σ_{n∈S₂}
         return gram * (self._dist.scale(m, z[:1].numel()) * m / n2)
@@ -531,27 +625,29 @@ class KFAC(torch.optim.Optimizer):
         """``θ ← θ + δ`` (copying ``new_theta`` when it was already computed for ρ)."""
         if new_theta is None:
             self._layout.add_(delta)
-            return
-        with torch.no_grad():
-            for (W, b), (nW, nb) in zip(self._layout.parameters(), self._layout.unpack(new_theta),
-                                        strict=True):
-                W.copy_(nW)
-                if b is not None:
-                    b.copy_(nb)
+        else:
+            self._layout.copy_(new_theta)
 
     def _adopt_inverse(self, op: kronlin.LinearOperator, blocks: tuple | None) -> None:
         """Keep ``op`` as the current inverse, with the data to rebuild it on resume.
 
-        Block-diagonal: the Kronecker factors of the inverse; block-tridiagonal: the blocks
-        ``(diag, offdiag)`` it was built from (rebuilding is deterministic).
+        Block-diagonal: each block's inverse as tensors; block-tridiagonal: the chain's blocks
+        ``(diag, offdiag)`` it was built from (rebuilding is deterministic), and the other
+        blocks' inverses.
         """
         self._inverse = op
         if self.approx == "blockdiag":
-            self._inverse_data = {"factors": [list(b.factors) for b in op.blocks]}
+            self._inverse_data = {"blocks": [b.inverse_tensors(o) for b, o in
+                                             zip(self._blocks, op.blocks, strict=True)]}
         else:
+            others = op.blocks[1:] if self._chain < len(self._blocks) else ()
             # copies: the cross moments in the blocks are the live (moving-average) statistics
-            self._inverse_data = _cloned({"diag": [list(p) for p in blocks[0]],
-                                          "offdiag": [list(p) for p in blocks[1]]})
+            self._inverse_data = _cloned({
+                "diag": [list(p) for p in blocks[0]],
+                "offdiag": [list(p) for p in blocks[1]],
+                "others": [b.inverse_tensors(o) for b, o in
+                           zip(self._blocks[self._chain:], others, strict=True)],
+            })
 
     def _gamma_bounds(self, eta: float) -> tuple[float, float]:
         r"""``gamma_bounds``, default :math:`(\sqrt\eta, \infty)`, in the units of ``units``."""
@@ -575,14 +671,15 @@ class KFAC(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume on the same trajectory (tensors are copies).
 
-        Statistics and their count, the current inverse (its Kronecker factors, or for
-        ``tridiag`` the blocks it is rebuilt from), λ, γ, δ₀, the iteration counters, the layer
-        order, the hyperparameters of the param group and the optimizer's RNG state.
+        Statistics and their count, the current inverse (each block's, or for ``tridiag`` the
+        chain's blocks it is rebuilt from), λ, γ, δ₀, the iteration counters, the block order
+        and kinds, the hyperparameters of the param group and the optimizer's RNG state.
         """
         return _cloned({
             "version": _STATE_VERSION,
             "approx": self.approx,
-            "layer_order": [self._registration[id(m)] for m in self._layers],
+            "block_order": [self._registration[id(b)] for b in self._blocks],
+            "block_kinds": [b.kind for b in self._blocks],
             "ordered": self._ordered,
             "param_groups": [{key: g[key] for key in ("lr", "momentum", "weight_decay")}
                              for g in self.param_groups],
@@ -603,7 +700,8 @@ class KFAC(torch.optim.Optimizer):
         """Restore a :meth:`state_dict` of a ``KFAC`` on the same model architecture.
 
         Raises:
-            ValueError: a state of another version or approximation, or for other layers.
+            ValueError: a state of another version or approximation, or for other layers
+                (another number or kind of curvature blocks).
 
         """
         state = state_dict
@@ -613,13 +711,17 @@ class KFAC(torch.optim.Optimizer):
         if state["approx"] != self.approx:
             raise ValueError(f"state_dict: saved for approx={state['approx']!r}, this optimizer "
                              f"has approx={self.approx!r}")
-        layers = sorted(self._layers, key=lambda m: self._registration[id(m)])
-        if sorted(state["layer_order"]) != list(range(len(layers))):
-            raise ValueError(f"state_dict: saved for {len(state['layer_order'])} layers, the model "
-                             f"has {len(layers)}")
-        device = layers[0].weight.device
-        self._layers = [layers[i] for i in state["layer_order"]]
-        self._layout = ParameterLayout(self._layers)
+        blocks = sorted(self._blocks, key=lambda b: self._registration[id(b)])
+        order = state["block_order"]
+        if sorted(order) != list(range(len(blocks))):
+            raise ValueError(f"state_dict: saved for {len(order)} layers' curvature blocks, the "
+                             f"model has {len(blocks)}")
+        kinds = [blocks[i].kind for i in order]
+        if kinds != state["block_kinds"]:
+            raise ValueError(f"state_dict: saved for blocks of kinds {state['block_kinds']}, the "
+                             f"model's are {kinds}")
+        device = self._layout.trainable()[0].device
+        self._arrange([blocks[i] for i in order])
         self._ordered = state["ordered"]
         for group, saved in zip(self.param_groups, state["param_groups"], strict=True):
             group.update(saved)
@@ -645,8 +747,14 @@ class KFAC(torch.optim.Optimizer):
         if data is None:
             return None
         if self.approx == "blockdiag":
-            return kronlin.BlockDiag([kronlin.Kron(*f) for f in data["factors"]])
-        return tridiag_inverse(data["diag"], data["offdiag"])
+            return kronlin.BlockDiag([b.inverse_operator(t) for b, t in
+                                      zip(self._blocks, data["blocks"], strict=True)])
+        chain = tridiag_inverse(data["diag"], data["offdiag"])
+        if not data["others"]:
+            return chain
+        return kronlin.BlockDiag([chain, *(b.inverse_operator(t) for b, t in
+                                           zip(self._blocks[self._chain:], data["others"],
+                                               strict=True))])
 
     def _rng(self, device: torch.device) -> torch.Generator:
         if self._generator is None:
@@ -655,21 +763,15 @@ class KFAC(torch.optim.Optimizer):
         return self._generator
 
 
+def _total_norm(tensors: Sequence[Tensor], like: Tensor) -> Tensor:
+    """The sum of the tensors' 1-norms, 0-d (zero for none, in ``like``'s dtype and device)."""
+    if not tensors:
+        return like.new_zeros(())
+    return torch.stack(torch._foreach_norm(list(tensors), 1)).sum()
+
+
 def _clamp(value: float, bounds: tuple[float, float]) -> float:
     return min(max(value, bounds[0]), bounds[1])
-
-
-def _pairs(grads: Sequence[Tensor], has_bias: Sequence[bool]) -> list[tuple[Tensor, Tensor | None]]:
-    """Regroup a flat list of ``(weight[, bias])`` gradients into per-layer pairs."""
-    out, it = [], iter(grads)
-    for bias in has_bias:
-        W = next(it)
-        out.append((W, next(it) if bias else None))
-    return out
-
-
-def _flatten(nested: Sequence[Sequence[Tensor]]) -> list[Tensor]:
-    return [t for group in nested for t in group]
 
 
 def _cloned(obj: Any, device: torch.device | None = None) -> Any:
@@ -717,6 +819,8 @@ def _validate(**config: Any) -> None:
     for name in ("stats_fraction", "quad_fraction"):
         if not 0 < config[name] <= 1:
             fail(name, "a fraction in (0, 1]")
+    if config["unsupported"] not in UNSUPPORTED:
+        fail("unsupported", f"one of {UNSUPPORTED}")
     for name in ("damping_bounds", "gamma_bounds"):
         bounds = config[name]
         if bounds is not None and not (len(bounds) == 2 and 0 <= bounds[0] <= bounds[1]):

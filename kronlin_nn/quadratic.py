@@ -12,7 +12,9 @@ backward pass (arXiv App. C; "roughly half" the cost of a Gauss–Newton–vecto
 - :func:`output_jvps`: :math:`Ju` for several ``u`` with ``torch.func.jvp`` (stateless; the
   reference path).
 - :func:`cached_output_jvps`: the same from the training forward pass's recorded layer
-  inputs and outputs, so no layer GEMM of the primal pass is recomputed (the optimizer's path).
+  inputs and outputs, so no layer GEMM of the primal pass is recomputed (the optimizer's path
+  when every curvature block has a cached tangent forward; the diagonal fallback and the
+  first-order blocks have none, and then the optimizer uses :func:`output_jvps`).
 - :func:`solve_coefficients`, :func:`model_change`, :func:`reduction_ratio`: the 2×2 solve for
   :math:`(\alpha, \mu)`, :math:`M(\delta) - M(0)` and the LM ratio :math:`\rho`.
 """
@@ -30,7 +32,9 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vmap
 
-from .capture import LayerIO
+from .blocks import CurvatureBlock
+from .blocks.base import repeat_rows
+from .capture import LayerIO, group_calls
 
 __all__ = [
     "cached_output_jvps",
@@ -70,7 +74,7 @@ def output_jvps(model: nn.Module, inputs: Tensor, tangents: Mapping[str, Tensor]
 
 def cached_output_jvps(
     model: nn.Module,
-    layers: Sequence[nn.Linear],
+    blocks: Sequence[CurvatureBlock],
     calls: Sequence[LayerIO],
     inputs: Tensor,
     tangents: Sequence[Tensor],
@@ -78,39 +82,51 @@ def cached_output_jvps(
     r""":math:`J u_k` for ``K`` tangents, reusing the recorded layer outputs of the forward pass.
 
     The model runs once more in forward-mode AD on the inputs repeated ``K`` times (rows
-    ordered case-major: case ``n``, tangent ``k`` at row ``nK + k``), with each supported layer
-    replaced by a function that returns its *recorded* output as the primal and
-    :math:`\dot s = \dot W a + \dot b + W \dot a` as the tangent: two GEMMs per layer, and no
-    GEMM of the primal pass. The rest of the model (activations, …) is re-evaluated, which
-    is cheap elementwise work. Parameters must be unchanged since the recording.
+    ordered case-major: case ``n``, tangent ``k`` at row ``nK + k``), with each block's module
+    replaced by its :meth:`~kronlin_nn.blocks.CurvatureBlock.tangent_forward`, which returns
+    the *recorded* output as the primal and its tangent, e.g.
+    :math:`\dot s = \dot W a + \dot b + W \dot a` for a linear layer: two GEMMs per layer,
+    and no GEMM of the primal pass. The rest of the model (activations, …) is re-evaluated,
+    which is cheap elementwise work. Parameters must be unchanged since the recording.
 
     Args:
         model: the network.
-        layers: its supported layers; layer ``i`` is ``calls[j]`` with ``calls[j].layer == i``.
-        calls: the records of the forward pass on ``inputs``.
+        blocks: its curvature blocks, every one with a cached tangent forward
+            (:attr:`~kronlin_nn.blocks.CurvatureBlock.cached_tangents`).
+        calls: the records of the forward pass on ``inputs`` (``calls[j].layer`` indexes
+            ``blocks``).
         inputs: the ``n`` cases the records were made on.
-        tangents: per layer, the tangent matrices :math:`[\dot W \mid \dot b]`, shape
-            ``(K, d_out, d_in + 1)`` (``(K, d_out, d_in)`` without bias).
+        tangents: per block, the ``K`` parameter tangents in its geometry, ``(K, *shape)``
+            (:meth:`kronlin_nn.layout.ParameterLayout.unstack`).
 
     Returns:
         Output tangents, shape ``(K, n, D)`` (a transposed view).
 
+    Raises:
+        ValueError: a block without a cached tangent forward (use :func:`output_jvps`).
+
     """
     _load_forward_ad_rules()
     K, n = tangents[0].shape[0], inputs.shape[0]
-    records = {c.layer: c for c in calls}
-    saved = [layer.__dict__.get("forward") for layer in layers]
-    with fwAD.dual_level():
+    forwards = [b.tangent_forward(cs, t) for b, cs, t in
+                zip(blocks, group_calls(calls, len(blocks)), tangents, strict=True)]
+    if any(f is None for f in forwards):
+        names = [b.name for b, f in zip(blocks, forwards, strict=True) if f is None]
+        raise ValueError(f"blocks: {names} have no cached tangent forward; use output_jvps")
+    modules = [b.module for b in blocks]
+    saved = [module.__dict__.get("forward") for module in modules]
+    # no_grad: no backward graph (forward-mode AD is unaffected), as parameters require grad
+    with fwAD.dual_level(), torch.no_grad():
         try:
-            for i, layer in enumerate(layers):
-                layer.forward = _tangent_forward(layer, records[i], tangents[i])
-            out = model(_repeat_rows(inputs, K))
+            for module, forward in zip(modules, forwards, strict=True):
+                module.forward = forward
+            out = model(repeat_rows(inputs, K))
         finally:
-            for layer, forward in zip(layers, saved, strict=True):
+            for module, forward in zip(modules, saved, strict=True):
                 if forward is None:
-                    layer.__dict__.pop("forward", None)  # back to the class's forward
+                    module.__dict__.pop("forward", None)  # back to the class's forward
                 else:
-                    layer.forward = forward
+                    module.forward = forward
         tangent = fwAD.unpack_dual(out).tangent
     return tangent.reshape(n, K, -1).transpose(0, 1)
 
@@ -128,31 +144,6 @@ def _load_forward_ad_rules() -> None:
         warnings.simplefilter("ignore", FutureWarning)
         with fwAD.dual_level():
             fwAD.make_dual(torch.zeros(1), torch.zeros(1))
-
-
-def _tangent_forward(layer: nn.Linear, record: LayerIO, tangent: Tensor):
-    a, s = record.a, record.output().detach()
-    K, d_out = tangent.shape[0], tangent.shape[1]
-    flat = tangent.reshape(K * d_out, tangent.shape[2])  # row k·d_out + j: unit j of tangent k
-    W = layer.weight.detach()
-
-    def forward(x: Tensor) -> Tensor:
-        if layer.bias is None:
-            t = a @ flat.T
-        else:  # Ẇ a + ḃ for all K tangents in one GEMM: (n, K·d_out)
-            t = torch.addmm(flat[:, -1], a, flat[:, :-1].T)
-        t = t.view(-1, d_out)  # rows (case, tangent), matching the repeated inputs
-        x_tangent = fwAD.unpack_dual(x).tangent
-        if x_tangent is not None:  # W ȧ (absent for the first layer: inputs are constants)
-            t = torch.addmm(t, x_tangent, W.T)
-        return fwAD.make_dual(_repeat_rows(s, K), t)
-
-    return forward
-
-
-def _repeat_rows(x: Tensor, K: int) -> Tensor:
-    """Each row of ``x`` ``K`` times in a row (``repeat_interleave`` without its host sync)."""
-    return x.unsqueeze(1).expand(x.shape[0], K, *x.shape[1:]).reshape(-1, *x.shape[1:])
 
 
 def solve_coefficients(

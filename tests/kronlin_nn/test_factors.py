@@ -108,15 +108,24 @@ def test_mc_is_reproducible_with_a_generator():
         assert torch.equal(f1[m][1], f2[m][1])
 
 
+class _Unused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used, self.unused = nn.Linear(3, 3), nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.used(x)
+
+
 def test_errors_name_the_problem():
     x, y = data("mse", 4, 3, 3)
-    shared = nn.Linear(3, 3).double()
-    with pytest.raises(ValueError, match="exactly once"):
-        kfac_factors(nn.Sequential(shared, nn.Tanh(), shared), nn.MSELoss(), x, y)
+    with pytest.raises(ValueError, match=r"layers 1 \(Linear\) were not"):
+        kfac_factors(_Unused().double(), nn.MSELoss(), x, y)
     with pytest.raises(ValueError, match="inputs of shape"):
-        kfac_factors(nn.Linear(3, 3).double(), nn.MSELoss(), x[:, None, :], y[:, None, :])
-    with pytest.raises(ValueError, match="trainable parameter"):
-        kfac_factors(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)).double(), nn.MSELoss(), x, y)
+        kfac_factors(nn.Linear(3, 3).double(), nn.MSELoss(), x[0], y[0])
+    with pytest.raises(ValueError, match=r"model\.1\.weight: no curvature block covers this trainable parameter"):
+        kfac_factors(nn.Sequential(nn.Linear(3, 3), nn.PReLU()).double(), nn.MSELoss(), x, y,
+                     unsupported="error")
     with pytest.raises(ValueError, match="fisher"):
         kfac_factors(nn.Linear(3, 3).double(), nn.MSELoss(), x, y, fisher="true")
 
@@ -143,3 +152,13 @@ def _per_case_output_gradients(model, loss_fn, x, y):
     for h in handles:
         h.remove()
     return torch.autograd.grad(loss, es)
+
+
+def test_factors_are_keyed_by_modules_and_names():
+    model = tiny_mlp(SIZES)
+    x, y = data("mse", 4, SIZES[0], SIZES[-1])
+    factors = kfac_factors(model, nn.MSELoss(), x, y)
+    assert list(factors) == linears(model) and len(factors) == 3
+    assert factors["2"] is factors[model[2]] is factors["2.bias"]
+    with pytest.raises(KeyError, match="'1': no curvature block of this model has that module or name"):
+        factors["1"]  # the Tanh

@@ -30,6 +30,7 @@ __all__ = [
     "levenberg_marquardt",
     "lm_decay",
     "lm_rest_point",
+    "lm_update",
     "pi_scales",
 ]
 
@@ -107,11 +108,37 @@ def levenberg_marquardt(
 
     then clamped to ``bounds``.
     """
-    if rho > 0.75:
-        lam = lam * omega
-    elif not rho >= 0.25:  # also NaN
-        lam = lam / omega
-    return min(max(lam, bounds[0]), bounds[1])
+    return lm_update(lam, rho, omega, bounds, streak=0, max_streak=1)[0]
+
+
+def lm_update(
+    lam: float, rho: float, omega: float, bounds: tuple[float, float], *, streak: int,
+    max_streak: int
+) -> tuple[float, int]:
+    r"""The Levenberg–Marquardt rule whose factor compounds over consecutive moves.
+
+    ``streak`` counts the consecutive applications that moved λ the same way (negative while it
+    shrinks, positive while it grows, 0 after a ρ in :math:`[1/4, 3/4]`). The ``c``-th move in
+    a row multiplies λ by :math:`\omega^{\min(c, c_{\max})}` (or divides it), so λ travels a
+    factor 10 in about 5 applications instead of 9 when ρ keeps saying the same thing, and
+    :math:`c_{\max} = 1` (``max_streak``) is the paper's rule (:func:`levenberg_marquardt`).
+    In full-batch training ρ stays above 3/4 for hundreds of steps while λ is far above the
+    value the quadratic model tolerates; the paper's constant factor then takes ~45 steps per
+    decade.
+
+    Returns:
+        ``(λ, streak)`` after the update, λ clamped to ``bounds``.
+
+    """
+    direction = -1 if rho > 0.75 else (0 if rho >= 0.25 else 1)  # NaN grows λ
+    if direction == 0:
+        streak = 0
+    elif streak * direction > 0:
+        streak += direction
+    else:
+        streak = direction
+    lam = lam * omega ** (-direction * min(abs(streak), max_streak))
+    return min(max(lam, bounds[0]), bounds[1]), streak
 
 
 def gamma_candidates(

@@ -59,9 +59,9 @@ from .damping import (
     damping_grid,
     gamma_candidates,
     gamma_decay,
-    levenberg_marquardt,
     lm_decay,
     lm_rest_point,
+    lm_update,
     pi_scales,
 )
 from .factors import (
@@ -75,6 +75,7 @@ from .layout import ParameterLayout
 from .losses import predictive_distribution
 from .quadratic import (
     cached_output_jvps,
+    gram_accuracy,
     model_change,
     output_jvps,
     reduction_ratio,
@@ -86,9 +87,6 @@ __all__ = ["KFAC"]
 
 APPROXIMATIONS = ("blockdiag", "tridiag")
 UNITS = ("loss", "case")
-# The default lower bound of λ, relative to the first batch's largest curvature eigenvalue: two
-# decades below the search grid, where the factored damping is still ~1e-5 of the factors' scale.
-LAMBDA_FLOOR = 1e-10
 _STATE_VERSION = 3
 
 
@@ -136,6 +134,13 @@ class KFAC(torch.optim.Optimizer):
         ema_max: :math:`\epsilon_{\max}` of the statistics' moving average.
         inverse_every: :math:`T_3`; inverses are also refreshed on steps 1–3.
         damping_every: :math:`T_1`; :math:`\omega_1 = 0.95^{T_1}`.
+        reject_uphill: on a ρ step, an update that increases :math:`h` on the batch is not
+            applied (θ stays, δ₀ is dropped, λ grows by the LM rule, ``accepted`` is ``False``);
+            the paper applies every update. Late in float32 training the gradient approaches rounding
+            noise and the quadratic model can propose a step that undoes the run.
+        lm_streak: the LM rule's factor compounds over consecutive moves of λ in one direction,
+            :math:`\omega_1^{\min(c,\ \text{lm\_streak})}` for the ``c``-th in a row
+            (:func:`~kronlin_nn.damping.lm_update`); 1 is the paper's constant factor.
         gamma_every: :math:`T_2`, a multiple of ``inverse_every``; :math:`\omega_2 = 0.95^{T_2/2}`.
         stats_fraction: :math:`\tau_1`, the fraction of each batch for the factor statistics.
         quad_fraction: :math:`\tau_2`, the fraction of each batch for the quadratic model's
@@ -149,10 +154,11 @@ class KFAC(torch.optim.Optimizer):
             ``None`` draws one from torch's global generator.
         gamma_bounds: ``(γ_min, γ_max)``; default :math:`(\sqrt\eta, \infty)`. The authors' code
             caps γ at 1, which fights :math:`\gamma_0 = 12.2` and depends on the loss scale.
-        damping_bounds: ``(λ_min, λ_max)``; default ``None``: :math:`(10^{-10}\lambda_{\text{top}},
+        damping_bounds: ``(λ_min, λ_max)``; default ``None``: :math:`(\epsilon\lambda_{\text{top}},
             \infty)` with :math:`\lambda_{\text{top}}` the largest curvature eigenvalue of the
-            first batch, so that λ cannot decay below what the factorizations resolve in
-            float32; the authors' code has ``(0, ∞)``.
+            first batch and ε the parameters' machine epsilon: below it, the damping is under
+            what the quadratic model resolves in that precision, and late float32 training
+            turns unstable; the authors' code has ``(0, ∞)``.
         rho_includes_damping: whether :math:`M` in :math:`\rho` includes the λ term (the paper;
             tensorflow/kfac and kfac-jax exclude it).
         unsupported: what trainable parameters without a registered block get:
@@ -186,6 +192,8 @@ class KFAC(torch.optim.Optimizer):
         ema_max: float = 0.95,
         inverse_every: int = 20,
         damping_every: int = 5,
+        lm_streak: int = 8,
+        reject_uphill: bool = True,
         gamma_every: int = 20,
         stats_fraction: float = 1 / 8,
         quad_fraction: float = 0.25,
@@ -198,8 +206,9 @@ class KFAC(torch.optim.Optimizer):
         unsupported: str = "diagonal",
     ):
         _validate(approx=approx, fisher=fisher, lr=lr, momentum=momentum, damping=damping,
-                  gamma_rule=gamma_rule, units=units, weight_decay=weight_decay, inverse_every=inverse_every,
-                  damping_every=damping_every, gamma_every=gamma_every,
+                  gamma_rule=gamma_rule, units=units, weight_decay=weight_decay,
+                  inverse_every=inverse_every, damping_every=damping_every, lm_streak=lm_streak,
+                  gamma_every=gamma_every,
                   stats_fraction=stats_fraction, quad_fraction=quad_fraction,
                   quad_min_cases=quad_min_cases, pi=pi,
                   damping_bounds=damping_bounds, gamma_bounds=gamma_bounds,
@@ -212,6 +221,8 @@ class KFAC(torch.optim.Optimizer):
         self.approx, self.fisher, self.pi = approx, fisher, pi
         self.gamma_rule, self.units = gamma_rule, units
         self.adapt_damping, self.rho_includes_damping = adapt_damping, rho_includes_damping
+        self.lm_streak, self._lm_streak = lm_streak, 0
+        self.reject_uphill = reject_uphill
         self.inverse_every, self.damping_every, self.gamma_every = (
             inverse_every, damping_every, gamma_every)
         self.stats_fraction, self.quad_fraction = stats_fraction, quad_fraction
@@ -281,12 +292,14 @@ class KFAC(torch.optim.Optimizer):
         else:
             warnings.warn(f"step {k}: non-finite curvature statistics; batch skipped", KFACWarning,
                           stacklevel=2)
+        if self._damping_bounds is None or self._lambda is None:
+            top = curvature_scale(*self._kronecker_pairs(batch, kappa))  # in the loss's units
         if self._damping_bounds is None:
-            top = curvature_scale(*self._kronecker_pairs(batch, kappa)) / unit
-            self._damping_bounds = (LAMBDA_FLOOR * top, math.inf)
+            # below ε·λ_top the damping is under the resolution of the dtype's quadratic model
+            self._damping_bounds = (torch.finfo(grad_h.dtype).eps * top / unit, math.inf)
         if self._lambda is None:
-            self._lambda = self._search_damping(batch, kappa, grad_h, theta, calls, inputs,
-                                                targets, z, m, n2, h_value, eta, lr) / unit
+            self._lambda = self._search_damping(top, unit, batch, kappa, grad_h, theta, calls,
+                                                inputs, targets, z, m, n2, h_value, eta, lr) / unit
             self._gamma = math.sqrt(self._lambda + group["weight_decay"])
 
         refreshed = k % self.inverse_every == 0 or k <= 3 or self._inverse is None
@@ -328,11 +341,16 @@ class KFAC(torch.optim.Optimizer):
             new_theta = theta + delta
             h_new = self._objective(inputs, targets, new_theta, eta)
             rho = reduction_ratio(h_new, h_value, predicted_rho)
-            self._lambda = levenberg_marquardt(self._lambda, rho, lm_decay(self.damping_every),
-                                               self._damping_bounds)
+            self._update_lambda(rho)
             if not math.isfinite(h_new):
                 return self._reject(h_value, counted=True, refreshed=refreshed, rho=rho,
                                     raise_lambda=False)
+            if self.reject_uphill and h_new > h_value:  # λ already grew by the LM rule
+                # the next proposal would be rebuilt from the same δ₀: start it afresh
+                self._rejected, self._delta0 = self._rejected + 1, None
+                return {"loss": h_value, "lambda": lam, "gamma": candidates[j],
+                        "alpha": float(alpha), "mu": float(mu), "rho": rho,
+                        "refreshed": refreshed, "accepted": False}
         self._apply(delta, new_theta)
         self._delta0 = delta
         return {"loss": h_value, "lambda": lam, "gamma": candidates[j], "alpha": float(alpha),
@@ -564,12 +582,13 @@ class KFAC(torch.optim.Optimizer):
             A[:r, :r] = JF[sub] + damping * P[sub]
             A_rho[:r, :r] = JF[sub] + rho_damping * P[sub]
             c[:r] = P[idx, K]
-            x = solve_coefficients(A, c, (fixed[0], 0.0 if delta0 is None else fixed[1]))
+            x = solve_coefficients(A, c, (fixed[0], 0.0 if delta0 is None else fixed[1]),
+                                   gram_accuracy(V.dtype, V.shape[1]))
             models.append((x[0], x[1], model_change(A, c, x), model_change(A_rho, c, x)))
         return models
 
-    def _search_damping(self, batch, kappa, grad_h, theta, calls, inputs, targets, z, m,
-                        n2, h_value, eta, lr) -> float:
+    def _search_damping(self, top, unit, batch, kappa, grad_h, theta, calls, inputs, targets,
+                        z, m, n2, h_value, eta, lr) -> float:
         r"""λ₀ in the loss's units, by a search on the first batch.
 
         Each λ of :func:`~kronlin_nn.damping.damping_grid` gets its block-diagonal proposal
@@ -579,7 +598,8 @@ class KFAC(torch.optim.Optimizer):
         damped factor and one forward pass per candidate. ``approx="tridiag"`` searches with
         the block-diagonal proposals too.
         """
-        lams = damping_grid(curvature_scale(*self._kronecker_pairs(batch, kappa)))
+        bounds = tuple(unit * b for b in self._damping_bounds)
+        lams = list(dict.fromkeys(_clamp(lam, bounds) for lam in damping_grid(top)))
         gammas = [math.sqrt(lam + eta) for lam in lams]
         try:
             ops, kept = blockdiag_candidates(
@@ -649,6 +669,13 @@ class KFAC(torch.optim.Optimizer):
                            zip(self._blocks[self._chain:], others, strict=True)],
             })
 
+    def _update_lambda(self, rho: float) -> None:
+        """λ by the Levenberg–Marquardt rule, compounding over up to ``lm_streak`` moves."""
+        self._lambda, self._lm_streak = lm_update(
+            self._lambda, rho, lm_decay(self.damping_every),
+            self._damping_bounds or (0.0, math.inf), streak=self._lm_streak,
+            max_streak=self.lm_streak)
+
     def _gamma_bounds(self, eta: float) -> tuple[float, float]:
         r"""``gamma_bounds``, default :math:`(\sqrt\eta, \infty)`, in the units of ``units``."""
         return (math.sqrt(eta), math.inf) if self.gamma_bounds is None else self.gamma_bounds
@@ -659,8 +686,7 @@ class KFAC(torch.optim.Optimizer):
         self._rejected += 1
         lam = self._lambda
         if raise_lambda and lam is not None:
-            self._lambda = levenberg_marquardt(lam, math.nan, lm_decay(self.damping_every),
-                                               self._damping_bounds or (0.0, math.inf))
+            self._update_lambda(math.nan)
         warnings.warn(
             f"step {self._k + (not counted)}: non-finite loss, gradient or update; step rejected, "
             f"lambda raised to {self._lambda}", KFACWarning, stacklevel=3)
@@ -686,6 +712,7 @@ class KFAC(torch.optim.Optimizer):
             "k": self._k,
             "rejected": self._rejected,
             "lambda": self._lambda,
+            "lm_streak": self._lm_streak,
             "gamma": self._gamma,
             "damping_bounds": self._damping_bounds,
             "delta0": self._delta0,
@@ -727,6 +754,7 @@ class KFAC(torch.optim.Optimizer):
             group.update(saved)
         self._k, self._rejected = state["k"], state["rejected"]
         self._lambda, self._gamma = state["lambda"], state["gamma"]
+        self._lm_streak = state["lm_streak"]
         self._damping_bounds = state["damping_bounds"]
         self._delta0 = None if state["delta0"] is None else state["delta0"].to(device).clone()
         self._stats.load_state_dict(state["statistics"], device)
@@ -808,7 +836,7 @@ def _validate(**config: Any) -> None:
         fail("damping", "None or a float >= 0")
     if not config["weight_decay"] >= 0:
         fail("weight_decay", "a float >= 0")
-    for name in ("inverse_every", "damping_every", "gamma_every", "quad_min_cases"):
+    for name in ("inverse_every", "damping_every", "gamma_every", "quad_min_cases", "lm_streak"):
         if not (isinstance(config[name], int) and config[name] >= 1):
             fail(name, "an integer >= 1")
     if config["gamma_every"] % config["inverse_every"]:

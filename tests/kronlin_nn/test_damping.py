@@ -10,6 +10,7 @@ from kronlin_nn.damping import (
     levenberg_marquardt,
     lm_decay,
     lm_rest_point,
+    lm_update,
     pi_scales,
 )
 
@@ -99,3 +100,16 @@ def test_curvature_scale_is_the_largest_kfac_eigenvalue():
 ])
 def test_lm_rest_point(rhos, decreases, expected):
     assert lm_rest_point(rhos, decreases) == expected
+
+
+def test_lm_update_compounds_consecutive_moves_up_to_the_streak():
+    lam, streak, seen = 1.0, 0, []
+    for rho in (0.9, 2.0, 0.8, 0.8, 0.5, 0.1, math.nan, 0.9):
+        lam, streak = lm_update(lam, rho, 0.5, (0.0, math.inf), streak=streak, max_streak=3)
+        seen.append((lam, streak))
+    assert seen == [(0.5, -1), (0.125, -2), (0.015625, -3), (0.001953125, -4),  # capped at 0.5³
+                    (0.001953125, 0), (0.00390625, 1), (0.015625, 2), (0.0078125, -1)]
+    # max_streak=1 is the paper's rule, and bounds clamp
+    assert lm_update(1.0, 0.9, 0.5, (0.0, math.inf), streak=-5, max_streak=1) == (0.5, -6)
+    assert lm_update(1.0, 0.9, 0.5, (0.8, 2.0), streak=0, max_streak=1) == (0.8, -1)
+    assert levenberg_marquardt(1.0, 0.9, 0.5) == 0.5

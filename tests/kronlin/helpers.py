@@ -83,10 +83,4 @@ def assert_close(result, reference, *, dtype: str, bound: float, label: str) -> 
     MAX_ERRORS[key] = max(MAX_ERRORS.get(key, 0.0), err)
     if err > 0:
         MAX_SLACK[key] = max(MAX_SLACK.get(key, 0.0), tol / err)
-    import inspect  # TEMP
-    import os
-    if os.environ.get("TOLLOG"):
-        sites = "|".join(f"{os.path.basename(f.filename)}:{f.lineno}" for f in inspect.stack()[1:3])
-        with open(os.environ["TOLLOG"], "a") as fh:
-            fh.write(f"{sites}\t{os.environ.get('PYTEST_CURRENT_TEST','').split(' ')[0]}\t{dtype}\t{err:.3e}\t{tol:.3e}\n")
     assert err <= tol, f"{label}: relative error {err:.3g} > {tol:.3g} ({dtype}, bound {bound:.3g} u)"

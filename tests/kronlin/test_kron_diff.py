@@ -55,7 +55,8 @@ def test_near_singular_denominator_is_detected_and_damping_regularizes():
         kl.KronDiff(A, B, C, D).inv()
     damped = kl.KronDiff(A, B, C, D).inv(damping=0.1)
     dense = np.kron(A, B) - np.kron(C, D) + 0.1 * np.kron(A, B)
-    np.testing.assert_allclose(damped.to_dense(), np.linalg.inv(dense), rtol=1e-8, atol=1e-8)
+    assert_close(damped.to_dense(), np.linalg.inv(dense), dtype="float64", bound=10 * np.linalg.cond(dense),
+                 label="KronDiff")
 
 
 def test_rtol_sets_the_smallest_tolerated_denominator(dtype):

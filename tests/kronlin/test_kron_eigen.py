@@ -88,7 +88,8 @@ def test_factored_damping_formula_of_contract():
     a, QA = np.linalg.eigh(A)
     op = kl.KronEigen((QG, QA), 1 / np.outer(g + c / pi, a + c * pi), orthonormal=True)
     expected = np.linalg.inv(np.kron(G + c / pi * np.eye(3), A + c * pi * np.eye(4)))
-    np.testing.assert_allclose(op.to_dense(), expected, atol=1e-12)
+    assert_close(op.to_dense(), expected, dtype="float64", bound=kron_eigen_bound([G, A]) * np.linalg.cond(expected),
+                 label="KronEigen(orthonormal)")
 
 
 def test_with_values_keeps_bases():
@@ -96,7 +97,10 @@ def test_with_values_keeps_bases():
     bases = [random_orthogonal(rng, 2), random_orthogonal(rng, 3)]
     op = kl.KronEigen(bases, np.ones((2, 3)), orthonormal=True)
     new = rng.uniform(1, 2, (2, 3))
-    np.testing.assert_allclose(op.with_values(new).to_dense(), dense_kron_eigen(bases, new), atol=1e-12)
+    dense = dense_kron_eigen(bases, new)
+    kappa = np.linalg.norm(dense_kron_eigen([abs(K) for K in bases], new)) / np.linalg.norm(dense)
+    assert_close(op.with_values(new).to_dense(), dense, dtype="float64", bound=kron_eigen_bound(bases) * kappa,
+                 label="KronEigen(orthonormal)")
 
 
 def test_errors():

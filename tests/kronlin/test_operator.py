@@ -143,3 +143,51 @@ def test_algebra_of_mixed_backends_names_the_operation():
         a + b
     with pytest.raises(TypeError, match=r"^operator product: mixed array backends \(operator product\[0\] is numpy"):
         a @ b
+
+
+class _Dense(kl.LinearOperator):
+    """A minimal subclass with no structured transpose: ``.T`` is the generic lazy transpose."""
+
+    def __init__(self, M):
+        super().__init__(M.shape, xp=kl.Kron(M).xp, dtype=M.dtype, device="cpu")
+        self.M = M
+
+    def _matmat(self, X):
+        return self.M @ X
+
+    def _rmatmat(self, X):
+        return self.M.T @ X
+
+
+def test_lazy_transposes_and_adjoint_applies_of_composites():
+    op, dense = _rectangular()  # 6 × 8
+    generic = _Dense(dense)
+    Y, X = np.arange(12.0).reshape(6, 2), np.arange(16.0).reshape(8, 2)
+    assert generic.T.shape == (8, 6) and generic.T.dtype == np.float64 and generic.T.T is generic
+    close(generic.T @ Y, dense.T, Y)
+    close(generic.T.rmatmat(X), dense, X)
+    # rmatmat of sums, scalings and products, and their transposes, against the dense algebra
+    square = kl.Kron(2 * np.eye(3), np.eye(2))
+    for composite, matrix in [
+        (op + generic, 2 * dense), (3.0 * op, 3 * dense), (square @ op, 2 * dense), (square @ generic, 2 * dense),
+    ]:
+        close(composite.rmatmat(Y), matrix.T, Y, rounding=2 * 11)
+        close(composite.T @ Y, matrix.T, Y, rounding=2 * 11)
+        close(composite.T.rmatmat(X), matrix, X, rounding=2 * 11)
+
+
+def test_composites_promote_dtypes_over_all_operands():
+    f32 = kl.Kron(np.eye(2, dtype=np.float32))
+    f64 = kl.Kron(np.eye(2))
+    assert (f32 + f64).dtype == np.float64 and (f64 + f32).dtype == np.float64
+    assert (f32 @ f64).dtype == np.float64 and (f32 + f32).dtype == np.float32
+    assert kl.BlockDiag([f32, f64, f32]).dtype == np.float64
+    assert kl.BlockDiag([f32, f32, f64]).dtype == np.float64
+    single = kl.BlockDiag([f32])
+    assert single.dtype == np.float32 and single.device == "cpu" and single.shape == (2, 2)
+
+
+def test_inverse_refuses_an_inverse_that_overflows():
+    # LAPACK inverts a 1×1 subnormal without complaint; its inverse is inf
+    with pytest.raises(np.linalg.LinAlgError, match=r"^Kron.inv: factors\[0\] is singular to working precision$"):
+        kl.Kron(np.array([[1e-320]])).inv()

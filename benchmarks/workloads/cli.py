@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=["blockdiag"], metavar="APPROX",
                         help="approximations of the λ₀ grid (default: blockdiag; tridiag "
                              "defaults are then compared with the block-diagonal grid)")
+    parser.add_argument("--lambda-factors", nargs="+", type=float, metavar="F",
+                        help=f"the λ₀ grid, λ₀ = F·c (default: {' '.join(f'{f:g}' for f in LAMBDA_FACTORS)})")
     parser.add_argument("--isolate", choices=("first-contact", "all", "none"),
                         default="first-contact",
                         help="runs in a fresh process, so one-time warnings count for each: the "
@@ -125,12 +127,25 @@ def _render(args: argparse.Namespace) -> dict[str, Any]:
     results = {"suite": parts[0]["suite"] if len(parts) == 1 else _merged_suite(parts),
                "workloads": {}}
     for part in parts:
-        results["workloads"].update(part["workloads"])
+        for name, entry in part["workloads"].items():
+            results["workloads"][name] = _merged(results["workloads"].get(name), entry, name)
     for entry in results["workloads"].values():
         entry["summary"] = summarize(entry)
     results["verdict"] = verdict(results["workloads"])
     _write(results, args, final=True)
     return results
+
+
+def _merged(old: dict | None, new: dict, name: str) -> dict:
+    """One workload's runs from two records of the same workload and budget (``new`` wins)."""
+    if old is None:
+        return new
+    for key in ("fingerprint", "iterations"):
+        if old[key] != new[key]:
+            raise SystemExit(f"--render: {name} was recorded with two different {key}s "
+                             f"({old[key]} and {new[key]}); cannot merge its runs")
+    return {**old, **new, "runs": {**old["runs"], **new["runs"]},
+            "skipped": old["skipped"] + new["skipped"], "reused": old["reused"] + new["reused"]}
 
 
 def _merged_suite(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -151,7 +166,7 @@ def _run_workload(w: Workload, args: argparse.Namespace, jax_python: str | None,
     }
     specs = [s for family in args.optimizers
              for s in expand(family, w, quick=args.quick, lambda_approx=tuple(args.lambda_approx),
-                             isolate=args.isolate)]
+                             isolate=args.isolate, lambda_factors=tuple(args.lambda_factors or ()))]
     print(f"== {w.name}: {w.description}; {iterations} iterations, {len(specs)} runs")
     for spec in specs:
         if spec.family == "kfac-jax" and jax_python is None:
@@ -193,7 +208,7 @@ def _run(w: Workload, spec: RunSpec, iterations: int, args: argparse.Namespace,
 def _line(r: dict[str, Any]) -> str:
     if r.get("error"):
         return f"   {r['key']:28s} FAILED: {r['error'].splitlines()[-1][:150]}"
-    final = r["eval_loss"][-1]
+    final = math.inf if r["eval_loss"][-1] is None else r["eval_loss"][-1]
     return (f"   {r['key']:28s} final loss {final:.4g} after {r['iterations_done']} it, "
             f"{r['seconds']:.1f} s timed; warnings {r['warnings']}, rejected {r['rejected']}, "
             f"non-finite {r['nonfinite']}")
@@ -212,7 +227,7 @@ def _suite(args: argparse.Namespace, started: float, meter: LoadMeter, main_warn
         "quick": args.quick,
         "isolate": args.isolate,
         "lambda_approx": args.lambda_approx,
-        "lambda_factors": list(LAMBDA_FACTORS),
+        "lambda_factors": args.lambda_factors or list(LAMBDA_FACTORS),
         "kfac_jax": jax_note,
         "first_use_warnings_main_process": main_warnings,
     }
@@ -246,11 +261,5 @@ def _image_prefix(out: Path, markdown: Path | None) -> str:
 
 
 def _strict(value: Any) -> Any:
-    """Non-finite floats become ``None``, so the JSON is standard."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict(v) for v in value]
-    return value
+    """``value`` with every non-finite float replaced by ``None``, so that its JSON is standard."""
+    return json.loads(json.dumps(value), parse_constant=lambda _: None)

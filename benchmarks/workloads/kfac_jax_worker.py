@@ -18,7 +18,6 @@ Losses and λ are reported in the suite's units (the paper's divided by the outp
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -93,10 +92,7 @@ def main(source: str, target: str) -> None:
         rng = jax.random.PRNGKey(seed)
         params = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), params0)  # step donates
         state = optimizer.init(params, rng, batch(1))
-        out = {"eval_iterations": [0], "eval_seconds": [0.0],
-               "eval_loss": [float(suite_loss(params))], "step_loss": [], "step_seconds": [],
-               "accepted": [], "diagnostics": {"lambda": [], "alpha": [], "mu": [], "rho": []}}
-        seconds, nonfinite, diverged = 0.0, 0, False
+        log = RunLog(float(suite_loss(params)), eval_every, steps, ("lambda", "alpha", "mu", "rho"))
         for k in range(1, steps + 1):
             rng, key = jax.random.split(rng)
             start = time.perf_counter()
@@ -104,33 +100,14 @@ def main(source: str, target: str) -> None:
                                                   global_step_int=k - 1)
             jax.block_until_ready((params, state, stats))
             elapsed = time.perf_counter() - start
-            if not record:
-                continue
-            seconds += elapsed
-            loss = float(stats["loss"]) / outputs
-            finite = math.isfinite(loss)
-            nonfinite += not finite
-            out["step_loss"].append(loss if finite else None)
-            out["step_seconds"].append(elapsed)
-            out["accepted"].append(True)
-            for name, key_ in (("lambda", "damping"), ("alpha", "learning_rate"),
-                               ("mu", "momentum"), ("rho", "rho")):
-                value = float(stats[key_]) / (outputs if name == "lambda" else 1)
-                out["diagnostics"][name].append(value if math.isfinite(value) else None)
-            diverged = not finite
-            if k % eval_every == 0 or k == steps or diverged:
-                value = float(suite_loss(params))
-                value = value if math.isfinite(value) else math.inf
-                nonfinite += not math.isfinite(value)
-                diverged = diverged or not math.isfinite(value)
-                out["eval_iterations"].append(k)
-                out["eval_seconds"].append(seconds)
-                out["eval_loss"].append(value)
-            if diverged:
+            # the suite's units: the paper's objective and damping divided by the output count
+            named = {"lambda": float(stats["damping"]) / outputs, "rho": float(stats["rho"]),
+                     "alpha": float(stats["learning_rate"]), "mu": float(stats["momentum"])}
+            if record and log.step(k, float(stats["loss"]) / outputs, elapsed, True, named):
+                log.measure(k, float(suite_loss(params)))
+            if log.diverged:
                 break
-        out.update(rejected=0, nonfinite=nonfinite, diverged=diverged, seconds=seconds,
-                   iterations_done=len(out["step_loss"]))
-        return out
+        return log.finish()
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -156,7 +133,11 @@ def main(source: str, target: str) -> None:
 
 
 if __name__ == "__main__":
-    # this folder is first on sys.path when run as a script: keep its modules from shadowing others
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    # run as a script, this folder comes first on sys.path: its kfac_jax_runner must not shadow
+    # kfac_jax, so import the suite's (torch-free) record module from the repository root instead
+    HERE = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+    from benchmarks.workloads.record import RunLog
+
     main(*sys.argv[1:3])

@@ -94,7 +94,7 @@ class RunSpec:
 
 
 def expand(family: str, workload: Workload, *, quick: bool, lambda_approx: tuple[str, ...],
-           isolate: str) -> list[RunSpec]:
+           isolate: str, lambda_factors: tuple[float, ...] | None = None) -> list[RunSpec]:
     """The runs of one family on one workload.
 
     Args:
@@ -103,12 +103,18 @@ def expand(family: str, workload: Workload, *, quick: bool, lambda_approx: tuple
         quick: use :data:`QUICK_GRIDS`.
         lambda_approx: the approximations of the λ₀ grid.
         isolate: ``"first-contact"``, ``"all"`` or ``"none"``: which runs get a fresh process.
+        lambda_factors: the λ₀ grid's factors instead of :data:`LAMBDA_FACTORS` (or the quick
+            grid).
 
+    The learning-rate grids are the workload's own where it narrows them (``Workload.grids``:
+    the two paper autoencoders, for cost), else :data:`ADAM_LRS` and :data:`SGD_LRS`.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown optimizer family {family!r}; choose from {', '.join(FAMILIES)}")
     isolated = isolate == "all" or (isolate == "first-contact" and family in FIRST_CONTACT)
-    grid = QUICK_GRIDS.get(family) if quick else None
+    grid = QUICK_GRIDS.get(family) if quick else workload.grids.get(family)
+    if family == "kfac-lambda" and lambda_factors:
+        grid = lambda_factors
     if family in ("kfac-blockdiag", "kfac-tridiag", "kfac-paper"):
         return [RunSpec(family, family, {}, isolated)]
     if family == "kfac-lambda":

@@ -15,7 +15,6 @@ as ``first_use_warnings``, since a user's first K-FAC run would raise them.
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 import time
@@ -29,6 +28,7 @@ from torch import nn
 
 from .machine import LoadMeter
 from .optimizers import RunSpec, build
+from .record import RunLog
 from .workloads import WORKLOADS, Workload
 
 __all__ = ["first_use_warnings", "run_isolated", "run_one"]
@@ -115,46 +115,20 @@ def _loop(workload: Workload, stepper: Any, model: nn.Module, loss_fn: nn.Module
     """The training loop; see :func:`run_one` for what it returns."""
     def evaluate() -> float:
         with torch.no_grad():
-            value = float(loss_fn(model(x), y))
-        return value if math.isfinite(value) else math.inf
+            return float(loss_fn(model(x), y))
 
-    out: dict[str, Any] = {"eval_iterations": [0], "eval_seconds": [0.0], "eval_loss": [evaluate()],
-                           "step_loss": [], "step_seconds": [], "accepted": []}
-    diagnostics: dict[str, list] = {name: [] for name in _DIAGNOSTICS}
-    rejected = nonfinite = 0
-    diverged = False
-    seconds, start_wall = 0.0, time.perf_counter()
+    log = RunLog(evaluate(), workload.eval_every, iterations, _DIAGNOSTICS)
+    start_wall = time.perf_counter()
     for k in range(1, iterations + 1):
         start = time.perf_counter()
         inputs, targets = (x, y) if batches is None else (x[batches[k - 1]], y[batches[k - 1]])
         stats = stepper.step(inputs, targets)
         elapsed = time.perf_counter() - start
-        seconds += elapsed
-        loss = float(stats["loss"])
-        accepted = bool(stats.get("accepted", True))
-        rejected += not accepted
-        nonfinite += not math.isfinite(loss)
-        out["step_loss"].append(loss if math.isfinite(loss) else None)
-        out["step_seconds"].append(elapsed)
-        out["accepted"].append(accepted)
-        for name in _DIAGNOSTICS:
-            if name in stats:
-                value = float(stats[name])
-                diagnostics[name].append(value if math.isfinite(value) else None)
-        diverged = accepted and not math.isfinite(loss)
-        if k % workload.eval_every == 0 or k == iterations or diverged:
-            value = evaluate()
-            nonfinite += not math.isfinite(value)
-            diverged = diverged or not math.isfinite(value)
-            out["eval_iterations"].append(k)
-            out["eval_seconds"].append(seconds)
-            out["eval_loss"].append(value)
-        if diverged:
+        if log.step(k, float(stats["loss"]), elapsed, bool(stats.get("accepted", True)), stats):
+            log.measure(k, evaluate())
+        if log.diverged:
             break
-    out.update(rejected=rejected, nonfinite=nonfinite, diverged=diverged, seconds=seconds,
-               iterations_done=len(out["step_loss"]), wall_seconds=time.perf_counter() - start_wall,
-               diagnostics={k: v for k, v in diagnostics.items() if v})
-    return out
+    return {**log.finish(), "wall_seconds": time.perf_counter() - start_wall}
 
 
 def run_isolated(name: str, spec: RunSpec, iterations: int, threads: int | None) -> dict[str, Any]:

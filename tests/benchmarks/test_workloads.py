@@ -132,6 +132,7 @@ def test_run_counts_warnings_rejections_and_stops_at_divergence(monkeypatch):
     assert [w["message"] for w in run["warning_messages"]] == ["step 1", "step 2", "step 3", "step 4"]
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch: seconds on a busy machine
 def test_isolated_run_retraces_the_in_process_run_and_records_first_use_warnings():
     spec = RunSpec("kfac-blockdiag", "kfac-blockdiag", {}, isolated=True)
     fresh = runner.run_isolated("cancer-f64", spec, 3, 1)

@@ -13,6 +13,7 @@ import shlex
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -111,13 +112,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         jax_python, jax_note = find_python(args.kfac_jax_python)
         print(jax_note)
     results: dict[str, Any] = {"suite": {}, "workloads": {}, "verdict": {}}
-    for name in args.only:
-        entry = _run_workload(WORKLOADS[name], args, jax_python, jax_note, reuse.get(name))
+    def save(name: str, entry: dict[str, Any], final: bool = False) -> None:
+        """Write results.json as it stands (after every run: an interrupted suite keeps them)."""
+        entry["summary"] = summarize(entry)
         results["workloads"][name] = entry
         results["verdict"] = verdict(results["workloads"])
         results["suite"] = _suite(args, started, meter, main_warnings, jax_note)
-        _write(results, args, final=False)
-    _write(results, args, final=True)
+        _write(results, args, final=final)
+
+    for name in args.only:
+        entry = _run_workload(WORKLOADS[name], args, jax_python, jax_note, reuse.get(name),
+                              lambda e, n=name: save(n, e))
+        save(name, entry, final=name == args.only[-1])
     return results
 
 
@@ -156,7 +162,9 @@ def _merged_suite(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _run_workload(w: Workload, args: argparse.Namespace, jax_python: str | None,
-                  jax_note: str | None, reused: dict | None) -> dict[str, Any]:
+                  jax_note: str | None, reused: dict | None,
+                  progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Every selected run of one workload (``progress(entry)`` after each), then the reused ones."""
     iterations = args.iterations or (w.quick_iterations if args.quick else w.iterations)
     entry: dict[str, Any] = {
         "description": w.description, "fingerprint": w.fingerprint(), "iterations": iterations,
@@ -167,13 +175,14 @@ def _run_workload(w: Workload, args: argparse.Namespace, jax_python: str | None,
     specs = [s for family in args.optimizers
              for s in expand(family, w, quick=args.quick, lambda_approx=tuple(args.lambda_approx),
                              isolate=args.isolate, lambda_factors=tuple(args.lambda_factors or ()))]
-    print(f"== {w.name}: {w.description}; {iterations} iterations, {len(specs)} runs")
+    print(f"== {w.name}: {w.description}; {iterations} iterations, {len(specs)} runs", flush=True)
     for spec in specs:
         if spec.family == "kfac-jax" and jax_python is None:
             entry["skipped"].append(jax_note)
             continue
         entry["runs"][spec.key] = record = _run(w, spec, iterations, args, jax_python)
-        print(_line(record))
+        print(_line(record), flush=True)
+        progress(entry)
     if reused and reused.get("fingerprint") == entry["fingerprint"] and (
             reused.get("iterations") == iterations):
         for key, record in reused["runs"].items():
@@ -183,7 +192,6 @@ def _run_workload(w: Workload, args: argparse.Namespace, jax_python: str | None,
     elif reused:
         entry["skipped"].append("--reuse: the recorded workload differs (data, weights or "
                                 "budget), nothing reused")
-    entry["summary"] = summarize(entry)
     return entry
 
 

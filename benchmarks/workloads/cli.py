@@ -23,7 +23,7 @@ import torch
 from .kfac_jax_runner import find_python
 from .kfac_jax_runner import run as run_kfac_jax
 from .machine import LoadMeter, facts
-from .optimizers import FAMILIES, LAMBDA_FACTORS, RunSpec, expand
+from .optimizers import FAMILIES, LAMBDA_FACTORS, RunSpec, candidate, expand
 from .report import format_markdown, plot_workload, summarize, verdict
 from .runner import first_use_warnings, run_isolated, run_one
 from .workloads import WORKLOADS, Workload
@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "defaults are then compared with the block-diagonal grid)")
     parser.add_argument("--lambda-factors", nargs="+", type=float, metavar="F",
                         help=f"the λ₀ grid, λ₀ = F·c (default: {' '.join(f'{f:g}' for f in LAMBDA_FACTORS)})")
+    parser.add_argument("--candidate", nargs=2, action="append", default=[],
+                        metavar=("NAME", "JSON"),
+                        help="repeatable: also run KFAC(model, loss_fn, **JSON) as a candidate "
+                             "for the defaults, judged by the same criteria; \"<x>c\" values are "
+                             "x times the loss's per-case scale, e.g. '{\"damping\": \"1c\"}'")
     parser.add_argument("--isolate", choices=("first-contact", "all", "none"),
                         default="first-contact",
                         help="runs in a fresh process, so one-time warnings count for each: the "
@@ -81,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.only = list(dict.fromkeys(args.only or WORKLOADS))
     args.optimizers = list(dict.fromkeys(args.optimizers or FAMILIES))
+    try:
+        args.candidates = [candidate(name, text, args.isolate) for name, text in args.candidate]
+    except ValueError as err:
+        parser.error(str(err))
     if args.threads < 1:
         parser.error("--threads must be >= 1")
     if args.iterations is not None and args.iterations < 1:
@@ -175,6 +184,7 @@ def _run_workload(w: Workload, args: argparse.Namespace, jax_python: str | None,
     specs = [s for family in args.optimizers
              for s in expand(family, w, quick=args.quick, lambda_approx=tuple(args.lambda_approx),
                              isolate=args.isolate, lambda_factors=tuple(args.lambda_factors or ()))]
+    specs += args.candidates
     print(f"== {w.name}: {w.description}; {iterations} iterations, {len(specs)} runs", flush=True)
     for spec in specs:
         if spec.family == "kfac-jax" and jax_python is None:
@@ -186,7 +196,8 @@ def _run_workload(w: Workload, args: argparse.Namespace, jax_python: str | None,
     if reused and reused.get("fingerprint") == entry["fingerprint"] and (
             reused.get("iterations") == iterations):
         for key, record in reused["runs"].items():
-            if record["family"] not in args.optimizers and key not in entry["runs"]:
+            if record["family"] in FAMILIES and record["family"] not in args.optimizers and (
+                    key not in entry["runs"]):
                 entry["runs"][key] = record
                 entry["reused"].append(key)
     elif reused:
@@ -232,6 +243,7 @@ def _suite(args: argparse.Namespace, started: float, meter: LoadMeter, main_warn
         "wall_seconds": time.perf_counter() - started,
         "load": meter.result(),
         "families": args.optimizers,
+        "candidates": {s.params["name"]: s.params["kwargs"] for s in args.candidates},
         "quick": args.quick,
         "isolate": args.isolate,
         "lambda_approx": args.lambda_approx,

@@ -16,6 +16,10 @@ Families (the names of ``--optimizers``):
 - ``kfac-jax``: DeepMind's kfac-jax with the paper's recipe, on the workloads that allow it
   (:mod:`.kfac_jax_runner`).
 
+Candidate defaults (``--candidate NAME JSON``, :func:`candidate`): ``KFAC(model, loss_fn,
+**kwargs)`` with the given keywords, judged by the same criteria as the defaults; a value
+written ``"<x>c"`` (e.g. ``"1c"``) is ``x`` times the loss's per-case scale.
+
 Every run of a workload starts from the same weights, sees the same batches, and seeds torch's
 global generator with the workload's seed just before building the optimizer (K-FAC draws its
 sampling seed from it).
@@ -23,6 +27,7 @@ sampling seed from it).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,11 +41,13 @@ from .workloads import Workload
 
 __all__ = [
     "ADAM_LRS",
+    "CANDIDATE",
     "FAMILIES",
     "LAMBDA_FACTORS",
     "SGD_LRS",
     "RunSpec",
     "build",
+    "candidate",
     "expand",
     "paper_recipe",
 ]
@@ -62,7 +69,38 @@ FAMILIES: dict[str, str] = {
 }
 # First-contact configurations: run in a fresh process by default, so that one-time warnings
 # (torch's, on the first forward-mode product of a process) are counted for each of them.
-FIRST_CONTACT = ("kfac-blockdiag", "kfac-tridiag", "kfac-paper")
+FIRST_CONTACT = ("kfac-blockdiag", "kfac-tridiag", "kfac-paper", "kfac-candidate")
+CANDIDATE = "kfac-candidate"
+
+
+def candidate(name: str, text: str, isolate: str) -> RunSpec:
+    """The run of a candidate configuration ``KFAC(model, loss_fn, **json.loads(text))``.
+
+    Raises:
+        ValueError: if ``text`` is not a JSON object, or a ``"<x>c"`` value is not a number.
+
+    """
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--candidate {name}: expected a JSON object of KFAC keywords, got "
+                         f"{text!r} ({err})") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--candidate {name}: expected a JSON object of KFAC keywords, got {text!r}")
+    for key, value in kwargs.items():
+        if isinstance(value, str) and value.endswith("c"):
+            try:
+                float(value[:-1])
+            except ValueError:
+                raise ValueError(f"--candidate {name}: {key}={value!r} is not '<number>c'") from None
+    return RunSpec(CANDIDATE, f"candidate {name}", {"name": name, "kwargs": kwargs},
+                   isolate in ("all", "first-contact"))
+
+
+def _per_case(kwargs: Mapping[str, Any], c: float) -> dict[str, Any]:
+    """``"<x>c"`` values become ``x·c``; the others stay."""
+    return {k: float(v[:-1]) * c if isinstance(v, str) and v.endswith("c") else v
+            for k, v in kwargs.items()}
 
 
 def paper_recipe(c: float) -> dict[str, Any]:
@@ -156,6 +194,9 @@ def build(spec: RunSpec, model: nn.Module, loss_fn: nn.Module, c: float) -> tupl
         JSON-able description (the constructor and its keywords).
 
     """
+    if spec.family == CANDIDATE:
+        kwargs = _per_case(spec.params["kwargs"], c)
+        return KFAC(model, loss_fn, **kwargs), {"constructor": "kronlin_nn.KFAC", "kwargs": kwargs}
     if spec.family in ("kfac-blockdiag", "kfac-tridiag", "kfac-paper", "kfac-lambda"):
         kwargs: dict[str, Any] = {}
         if spec.family == "kfac-tridiag":

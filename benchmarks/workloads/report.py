@@ -11,11 +11,11 @@ smaller learning rate); the best λ₀ of an approximation is the grid point tha
 :math:`L_A` in the fewest iterations (then: the lowest final loss). A choice at the edge of its
 grid is flagged.
 
-Criteria (issue 10, per K-FAC-defaults run): it reaches :math:`L_A` in at most half of the
-iterations tuned Adam needs to reach it, and in at most 1.5× the iterations of the best λ₀ of
-its own approximation's grid (of the block-diagonal grid when its own was not run); and it had
-no rejected step, no warning and no non-finite loss. A criterion whose reference was not run is
-"not evaluated" and the workload does not pass.
+Criteria (issue 10, per K-FAC-defaults run and per ``--candidate`` run): it reaches
+:math:`L_A` in at most half of the iterations tuned Adam needs to reach it, and in at most 1.5×
+the iterations of the best λ₀ of its own approximation's grid (of the block-diagonal grid when
+its own was not run); and it had no rejected step, no warning and no non-finite loss. A
+criterion whose reference was not run is "not evaluated" and the workload does not pass.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only
 
 import matplotlib.pyplot as plt  # noqa: E402
+
+from .optimizers import CANDIDATE  # noqa: E402
 
 __all__ = ["LEVELS", "format_markdown", "plot_workload", "reach", "summarize", "verdict"]
 
@@ -103,6 +105,7 @@ def summarize(workload: Mapping[str, Any]) -> dict[str, Any]:
     for family in ("kfac-blockdiag", "kfac-tridiag", "kfac-paper"):
         if family in runs:
             headline.append((family, family))
+    headline += [(key, key) for key, r in runs.items() if r["family"] == CANDIDATE]
     for approx, best in lambdas.items():
         if best is not None:
             headline.append((f"kfac best λ₀ ({approx}, {best['factor']:g}·c)", best["key"]))
@@ -132,12 +135,11 @@ def _row(label: str, run: Mapping[str, Any], targets: list[float], c: float) -> 
 def _criteria(runs: Mapping[str, Mapping], adam: dict | None, lambdas: dict, main: float | None):
     out = {}
     adam_hit = None if adam is None or main is None else reach(runs[adam["key"]], main)
-    for family in DEFAULTS:
-        if family not in runs:
+    for key, run in runs.items():
+        if run["family"] not in (*DEFAULTS, CANDIDATE):
             continue
-        run = runs[family]
         hit = None if main is None else reach(run, main)
-        best = lambdas.get(family.removeprefix("kfac-")) or lambdas["blockdiag"]
+        best = lambdas.get(_approx(run)) or lambdas["blockdiag"]
         best_hit = None if best is None or main is None else reach(runs[best["key"]], main)
         clean = (run["rejected"] == 0 and run["warnings"] == 0 and run["nonfinite"] == 0
                  and not run.get("error"))
@@ -148,8 +150,15 @@ def _criteria(runs: Mapping[str, Mapping], adam: dict | None, lambdas: dict, mai
                       "nonfinite": run["nonfinite"]},
         }
         checks["vs_best_lambda"]["reference"] = None if best is None else best["key"]
-        out[family] = {"checks": checks, "pass": all(c["pass"] is True for c in checks.values())}
+        out[key] = {"checks": checks, "pass": all(c["pass"] is True for c in checks.values())}
     return out
+
+
+def _approx(run: Mapping[str, Any]) -> str:
+    """The approximation of a K-FAC-defaults or candidate run."""
+    if run["family"] == CANDIDATE:
+        return run["params"]["kwargs"].get("approx", "blockdiag")
+    return run["family"].removeprefix("kfac-")
 
 
 def _ratio_check(hit: tuple | None, reference: tuple | None, limit: float) -> dict[str, Any]:
@@ -210,16 +219,22 @@ def format_markdown(results: Mapping[str, Any], image_prefix: str) -> str:
         f"iterations to tuned Adam's final loss ÷ Adam's (≤ {ADAM_RATIO}), ÷ the best λ₀'s "
         f"(≤ {LAMBDA_RATIO}), and warnings/rejected steps/non-finite losses (all 0).",
         "",
-        "| workload | run | iterations to Adam's final loss | vs Adam | vs best λ₀ | "
-        "warnings/rejected/NaN |",
-        "|---|---|---|---|---|---|",
+        "| workload | run | its to Adam's final loss | Adam's its | ratio | best λ₀ (its) | ratio | "
+        "warnings/rejected/NaN | pass |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, w in results["workloads"].items():
-        for family, c in w["summary"]["criteria"].items():
+        s = w["summary"]
+        for family, c in s["criteria"].items():
             k = c["checks"]
-            lines.append(f"| {name} | {family} | {_g(k['vs_adam']['iterations'])} | "
-                         f"{_check(k['vs_adam'])} | {_check(k['vs_best_lambda'])} | "
-                         f"{_check(k['clean'])} |")
+            best = s["best_lambda"].get(_approx(w["runs"][family])) or s["best_lambda"]["blockdiag"]
+            best_text = "—" if best is None else (
+                f"{best['factor']:g}·c ({_g(k['vs_best_lambda'].get('reference_iterations'))})")
+            reached = k['vs_adam']['iterations']
+            lines.append(f"| {name} | {family} | {'not reached' if reached is None else reached} | "
+                         f"{_g(k['vs_adam'].get('reference_iterations'))} | "
+                         f"{_check(k['vs_adam'])} | {best_text} | {_check(k['vs_best_lambda'])} | "
+                         f"{_check(k['clean'])} | {'✓' if c['pass'] else '✗'} |")
     for name, w in results["workloads"].items():
         lines += ["", *_workload_markdown(name, w, image_prefix)]
     return "\n".join(lines) + "\n"

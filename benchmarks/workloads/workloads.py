@@ -5,7 +5,7 @@ Every workload is one :class:`Workload` entry in :data:`WORKLOADS`; adding one i
     register(Workload(
         name="wine-tanh",
         description="sklearn wine, 13-32-3 tanh MLP, cross-entropy, full batch",
-        data=lambda: _sklearn("load_wine", standardize=True, classes=True),
+        data=lambda: _sklearn("load_wine", classes=True),
         model=lambda: _mlp([13, 32, 3], nn.Tanh),
         loss=nn.CrossEntropyLoss,
         iterations=100,

@@ -214,3 +214,17 @@ def test_the_kfac_jax_runner_exports_the_network_it_can_run():
     assert arrays["W0"].shape == (100, 64) and arrays["b7"].shape == (64,)
     with pytest.raises(ValueError, match="unsupported module"):
         export_network(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
+
+
+def test_a_candidate_runs_with_per_case_keywords_and_is_judged_like_the_defaults(tmp_path):
+    results = main([*QUICK, "--optimizers", "adam", "--out", str(tmp_path),
+                    "--candidate", "small-lambda", '{"damping": "0.5c", "inverse_every": 2, "gamma_every": 2}'])
+    entry = results["workloads"]["digits-tanh"]
+    run = entry["runs"]["candidate small-lambda"]
+    c = WORKLOADS["digits-tanh"].case_scale()
+    assert run["config"]["kwargs"] == {"damping": 0.5 * c, "inverse_every": 2, "gamma_every": 2}
+    assert run["diagnostics"]["lambda"][0] == pytest.approx(0.5 * c)  # the λ₀ it was given
+    checks = entry["summary"]["criteria"]["candidate small-lambda"]["checks"]
+    assert checks["vs_adam"]["pass"] is not None and checks["vs_best_lambda"]["pass"] is None
+    with pytest.raises(SystemExit):
+        main([*QUICK, "--candidate", "bad", '{"damping": "xc"}'])

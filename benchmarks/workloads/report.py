@@ -144,8 +144,9 @@ def _criteria(runs: Mapping[str, Mapping], adam: dict | None, lambdas: dict, mai
         clean = (run["rejected"] == 0 and run["warnings"] == 0 and run["nonfinite"] == 0
                  and not run.get("error"))
         checks = {
-            "vs_adam": _ratio_check(hit, adam_hit, ADAM_RATIO),
-            "vs_best_lambda": _ratio_check(hit, best_hit, LAMBDA_RATIO),
+            "vs_adam": _ratio_check(hit, adam_hit, ADAM_RATIO, adam is not None and main is not None),
+            "vs_best_lambda": _ratio_check(hit, best_hit, LAMBDA_RATIO,
+                                           best is not None and main is not None),
             "clean": {"pass": clean, "warnings": run["warnings"], "rejected": run["rejected"],
                       "nonfinite": run["nonfinite"]},
         }
@@ -161,10 +162,16 @@ def _approx(run: Mapping[str, Any]) -> str:
     return run["family"].removeprefix("kfac-")
 
 
-def _ratio_check(hit: tuple | None, reference: tuple | None, limit: float) -> dict[str, Any]:
-    """``hit[0] <= limit * reference[0]``; ``pass`` is ``None`` when the reference is missing."""
+def _ratio_check(hit: tuple | None, reference: tuple | None, limit: float,
+                 ran: bool) -> dict[str, Any]:
+    """``hit[0] <= limit * reference[0]``.
+
+    ``pass`` is ``None`` (not evaluated) when the reference was not run. A reference that ran
+    but never reached the target bounds nothing: the check passes if ``hit`` reached it.
+    """
     if reference is None:
-        return {"pass": None, "iterations": None if hit is None else hit[0], "reference": None,
+        return {"pass": (hit is not None) if ran else None,
+                "iterations": None if hit is None else hit[0], "reference_iterations": None,
                 "ratio": None, "limit": limit}
     ratio = math.inf if hit is None else hit[0] / reference[0] if reference[0] else math.inf
     return {"pass": ratio <= limit, "iterations": None if hit is None else hit[0],
@@ -197,6 +204,8 @@ def _check(check: Mapping[str, Any]) -> str:
         return "not evaluated"
     mark = "✓" if check["pass"] else "✗"
     if "ratio" in check:
+        if check["reference_iterations"] is None:
+            return f"{mark} (reference did not reach it)"
         return f"{mark} {_g(check['ratio'], 2)}"
     return f"{mark} {check['warnings']}/{check['rejected']}/{check['nonfinite']}"
 

@@ -228,3 +228,17 @@ def test_a_candidate_runs_with_per_case_keywords_and_is_judged_like_the_defaults
     assert checks["vs_adam"]["pass"] is not None and checks["vs_best_lambda"]["pass"] is None
     with pytest.raises(SystemExit):
         main([*QUICK, "--candidate", "bad", '{"damping": "xc"}'])
+
+
+def test_a_reference_that_never_reaches_the_target_bounds_nothing():
+    runs = {
+        "adam lr=0.01": _run("adam", "adam lr=0.01", {"lr": 1e-2}, [1.0, 0.5, 0.3]),
+        "kfac-lambda blockdiag f=1": _run("kfac-lambda", "kfac-lambda blockdiag f=1",
+                                          {"approx": "blockdiag", "factor": 1.0}, [1.0, 0.9, 0.8]),
+        "kfac-blockdiag": _run("kfac-blockdiag", "kfac-blockdiag", {}, [1.0, 0.3, 0.3]),
+        "kfac-tridiag": _run("kfac-tridiag", "kfac-tridiag", {}, [1.0, 0.9, 0.9]),
+    }
+    c = report.summarize({"runs": runs, "case_scale": 1.0})["criteria"]
+    assert c["kfac-blockdiag"]["checks"]["vs_best_lambda"]["pass"] is True  # it reached, the grid did not
+    assert c["kfac-tridiag"]["checks"]["vs_best_lambda"]["pass"] is False  # neither did
+    assert c["kfac-tridiag"]["checks"]["vs_adam"]["pass"] is False

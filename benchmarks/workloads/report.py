@@ -216,7 +216,7 @@ def format_markdown(results: Mapping[str, Any], image_prefix: str) -> str:
     verdict_ = results["verdict"]
     lines = []
     for part in suite.get("parts", [suite]):
-        lines += [f"`{part['command']}` on {part['date']}, {part['machine']['machine']}, "
+        lines += [f"`{part['command']}`, finished {part['date']}, {part['machine']['machine']}, "
                   f"{part['threads']} torch thread(s), commit {part['machine']['commit']}; "
                   f"{part['wall_seconds'] / 60:.1f} min; load average {_load(part['load'])}.", ""]
     if "parts" in suite:

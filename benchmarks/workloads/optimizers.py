@@ -52,9 +52,11 @@ __all__ = [
     "paper_recipe",
 ]
 
-ADAM_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-SGD_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
-LAMBDA_FACTORS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+# The first recorded baseline chose Adam's 0.1, SGD's 1 and λ₀ = 1e-3·c at the grids' edges on
+# several workloads: the grids reach one step (λ₀: two decades) further.
+ADAM_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+SGD_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)
+LAMBDA_FACTORS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 # --quick: two points per grid, enough to exercise the selection.
 QUICK_GRIDS = {"adam": (1e-3, 1e-2), "sgd": (1e-2, 1e-1), "kfac-lambda": (1e-1, 10.0)}
 

@@ -100,7 +100,7 @@ def test_expand_marks_first_contact_runs_for_a_fresh_process():
                        isolate="first-contact") for f in ("kfac-blockdiag", "kfac-lambda", "adam")}
     assert specs["kfac-blockdiag"][0].isolated
     assert not any(s.isolated for s in specs["kfac-lambda"] + specs["adam"])
-    assert len(specs["kfac-lambda"]) == 14  # both approximations over the grid
+    assert len(specs["kfac-lambda"]) == 18  # both approximations over the grid
     assert expand("kfac-jax", WORKLOADS["digits-tanh"], quick=False, lambda_approx=(),
                   isolate="none") == []  # kfac-jax only where the workload allows it
     with pytest.raises(ValueError, match="unknown optimizer family 'lbfgs'"):

@@ -88,6 +88,13 @@ __all__ = ["KFAC"]
 APPROXIMATIONS = ("blockdiag", "tridiag")
 UNITS = ("loss", "case")
 _STATE_VERSION = 3
+# The default lower bound of λ in units of ε·λ_top (ε the dtype's machine epsilon): a hundred
+# rounding errors of the quadratic model's entries. At ε·λ_top, full-batch float32 training
+# still took uphill steps near its end (scikit-learn's digits autoencoder).
+LAMBDA_FLOOR = 100.0
+# How far √(λ + η) may drift from the γ of the current inverse before the tied rule refreshes it
+# early: the greedy search's step, |log ω₂| with ω₂ = 0.95^(20/2).
+TIED_DRIFT = -math.log(0.95**10)
 
 
 class KFAC(torch.optim.Optimizer):
@@ -120,7 +127,8 @@ class KFAC(torch.optim.Optimizer):
         adapt_damping: adapt λ by the LM rule every ``damping_every`` steps and γ by
             ``gamma_rule``; ``False`` keeps λ and γ fixed.
         gamma_rule: ``"tied"`` (default): γ = √(λ + η) at every inverse refresh, as
-            tensorflow/kfac and kfac-jax; ``"greedy"``: the paper's search over
+            tensorflow/kfac and kfac-jax, and an early refresh whenever √(λ + η) has moved a
+            factor :math:`1/\omega_2` from the current inverse's γ; ``"greedy"``: the paper's search over
             :math:`\{\omega_2\gamma, \gamma, \gamma/\omega_2\}` every ``gamma_every`` steps
             (arXiv §6.6). Both measured on the configuration page of the docs.
         weight_decay: η, in :math:`h` and its gradient, for all parameters (biases included);
@@ -154,11 +162,11 @@ class KFAC(torch.optim.Optimizer):
             ``None`` draws one from torch's global generator.
         gamma_bounds: ``(γ_min, γ_max)``; default :math:`(\sqrt\eta, \infty)`. The authors' code
             caps γ at 1, which fights :math:`\gamma_0 = 12.2` and depends on the loss scale.
-        damping_bounds: ``(λ_min, λ_max)``; default ``None``: :math:`(\epsilon\lambda_{\text{top}},
+        damping_bounds: ``(λ_min, λ_max)``; default ``None``: :math:`(100\,\epsilon\lambda_{\text{top}},
             \infty)` with :math:`\lambda_{\text{top}}` the largest curvature eigenvalue of the
-            first batch and ε the parameters' machine epsilon: below it, the damping is under
-            what the quadratic model resolves in that precision, and late float32 training
-            turns unstable; the authors' code has ``(0, ∞)``.
+            first batch and ε the parameters' machine epsilon: near ε·λ_top the damping is
+            under what the quadratic model resolves in that precision, and late float32
+            training turns unstable; the authors' code has ``(0, ∞)``.
         rho_includes_damping: whether :math:`M` in :math:`\rho` includes the λ term (the paper;
             tensorflow/kfac and kfac-jax exclude it).
         unsupported: what trainable parameters without a registered block get:
@@ -192,7 +200,7 @@ class KFAC(torch.optim.Optimizer):
         ema_max: float = 0.95,
         inverse_every: int = 20,
         damping_every: int = 5,
-        lm_streak: int = 8,
+        lm_streak: int = 3,
         reject_uphill: bool = True,
         gamma_every: int = 20,
         stats_fraction: float = 1 / 8,
@@ -295,18 +303,22 @@ class KFAC(torch.optim.Optimizer):
         if self._damping_bounds is None or self._lambda is None:
             top = curvature_scale(*self._kronecker_pairs(batch, kappa))  # in the loss's units
         if self._damping_bounds is None:
-            # below ε·λ_top the damping is under the resolution of the dtype's quadratic model
-            self._damping_bounds = (torch.finfo(grad_h.dtype).eps * top / unit, math.inf)
+            self._damping_bounds = (LAMBDA_FLOOR * torch.finfo(grad_h.dtype).eps * top / unit,
+                                    math.inf)
         if self._lambda is None:
             self._lambda = self._search_damping(top, unit, batch, kappa, grad_h, theta, calls,
                                                 inputs, targets, z, m, n2, h_value, eta, lr) / unit
             self._gamma = math.sqrt(self._lambda + group["weight_decay"])
 
         refreshed = k % self.inverse_every == 0 or k <= 3 or self._inverse is None
+        tied = _clamp(math.sqrt(self._lambda + group["weight_decay"]),
+                      self._gamma_bounds(group["weight_decay"]))
+        if self.adapt_damping and self.gamma_rule == "tied":
+            # λ moved a γ-search step (ω₂) away from the inverse's γ: refresh now, not at T₃
+            refreshed = refreshed or abs(math.log(tied / self._gamma)) > TIED_DRIFT
         candidates = [self._gamma]
         if self.adapt_damping and self.gamma_rule == "tied" and refreshed:
-            candidates = [_clamp(math.sqrt(self._lambda + group["weight_decay"]),
-                                 self._gamma_bounds(group["weight_decay"]))]
+            candidates = [tied]
         elif self.adapt_damping and k % self.gamma_every == 0:
             candidates = gamma_candidates(self._gamma, gamma_decay(self.gamma_every),
                                           self._gamma_bounds(group["weight_decay"]))
@@ -618,7 +630,7 @@ class KFAC(torch.optim.Optimizer):
                      if math.isfinite(alpha) else math.nan)
             rhos.append(reduction_ratio(h_new, h_value, predicted))
             decreases.append(h_value - h_new)
-        return lams[lm_rest_point(rhos, decreases)]
+        return lm_rest_point(lams, rhos, decreases)
 
     def _fisher_gram(self, V: Tensor, calls: Sequence[LayerIO], inputs2: Tensor, z: Tensor,
                      m: int) -> Tensor:

@@ -11,9 +11,10 @@ default is already the paper's value (T₁ = 5, T₂ = T₃ = 20, τ₁ = 1/8, �
 
 The defaults differ by measurement (see the configuration page of the docs): λ₀ from a search on
 the first batch instead of 150 (whose units and value suit the paper's autoencoders only), γ
-tied to √(λ + η), no weight decay, λ bounded below by 1e-10 of the first batch's largest
-curvature eigenvalue (times 100 ε), an LM factor that compounds while ρ keeps saying the same thing, and the
-quadratic model on a quarter of the batch (at least 256 cases).
+tied to √(λ + η), no weight decay, λ bounded below by 100 ε times the first batch's largest
+curvature eigenvalue, an LM factor that compounds while ρ keeps saying the same thing, updates
+that raise h on a ρ step rejected, and the quadratic model on a quarter of the batch (at least
+256 cases).
 """
 
 from __future__ import annotations

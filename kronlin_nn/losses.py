@@ -64,16 +64,12 @@ __all__ = ["CaseWeights", "PredictiveDistribution", "SubBatchWeights", "predicti
 
 
 class CaseWeights(NamedTuple):
-    r"""Per-case weights of a loss on one batch, ``(N,)`` each.
-
-    Attributes:
-        curvature: :math:`c_n`, the case's weight in the loss's Hessian (before the reduction).
-        reduction: :math:`d_n`, its share of what ``reduction="mean"`` divides by.
-
-    """
+    r"""Per-case weights of a loss on one batch, ``(N,)`` each."""
 
     curvature: Tensor
+    """:math:`c_n`, the case's weight in the loss's Hessian (before the reduction)."""
     reduction: Tensor
+    """:math:`d_n`, its share of what ``reduction="mean"`` divides by."""
 
 
 class SubBatchWeights(NamedTuple):
@@ -83,17 +79,13 @@ class SubBatchWeights(NamedTuple):
     the batch's curvature :math:`\sum_{i \le N} \rho_i H_i` is estimated from the sub-batch as
     :math:`\kappa\,\frac1n\sum_{i \le n} w_i t H_i` with input weights
     :math:`w_i = n c_i / \sum_{j \le n} c_j` (mean 1) and :math:`t = \sum_{i \le N}\rho_i / \kappa`.
-
-    Attributes:
-        inputs: :math:`w`, ``(n,)``, the weights of the per-case expectations over layer inputs
-            (``None``: uniform).
-        outputs: the factor ``(n, D)`` (or ``(n, 1)``) that multiplies every vector at the
-            outputs, :math:`\sqrt{w_i t\, v_{ij}}` (``None``: one).
-
     """
 
     inputs: Tensor | None
+    """:math:`w`, ``(n,)``, the weights of per-case expectations over layer inputs (``None``: uniform)."""
     outputs: Tensor | None
+    r"""``(n, D)`` or ``(n, 1)``, :math:`\sqrt{w_i t\, v_{ij}}`, multiplying every vector at the outputs
+    (``None``: one)."""
 
 
 class PredictiveDistribution:

@@ -346,7 +346,7 @@ class KFAC(torch.optim.Optimizer):
             grad_scale = getattr(self, "grad_scale", None)
             data = user_batch(self._passes, self._dist, self._layout.trainable(), grad_scale,
                               unscaled=found_inf is not None and grad_scale is None)
-        with own_passes(), torch.autocast(device, enabled=False):
+        with own_passes(), _autocast_as(None, device):  # K-FAC's passes in the parameters' dtype
             return self._iterate(data)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -1063,6 +1063,9 @@ def _autocast_state(device_type: str) -> tuple[str, torch.dtype] | None:
 def _autocast_as(state: tuple[str, torch.dtype] | None, device_type: str) -> Iterator[None]:
     """Run under the autocast ``state`` (``None``: autocast off)."""
     if state is None:
+        if not torch.is_autocast_enabled(device_type):
+            yield
+            return
         with torch.autocast(device_type, enabled=False):
             yield
     else:

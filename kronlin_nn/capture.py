@@ -332,6 +332,8 @@ class PassRecorder:
         passes: the recorded passes, oldest first.
         stray: a message, once a ``loss_fn`` call on something that is not a recorded model
             output was backpropagated.
+        compiled: whether the model ran under ``torch.compile`` (compiled after the recorder
+            was built), whose graphs the hooks do not record reliably.
         stale: whether a backward pass added to gradients left over from before the last step.
 
     """
@@ -346,6 +348,7 @@ class PassRecorder:
         self.passes: list[Pass] = []
         self.stray: str | None = None
         self.stale = False
+        self.compiled = False  # the model ran under torch.compile (built after the recorder)
         self._current: Pass | None = None
         self._grad_state: tuple[int, int] | None = None  # (id, version) of watched.grad
         self._after_step = False
@@ -366,7 +369,7 @@ class PassRecorder:
 
     def clear(self) -> None:
         """Forget every pass (a step consumed them); the gradients now belong to the step."""
-        self.passes, self.stray, self.stale = [], None, False
+        self.passes, self.stray, self.stale, self.compiled = [], None, False, False
         self.mark_step()
 
     def mark_step(self) -> None:
@@ -382,6 +385,9 @@ class PassRecorder:
 
     # -- hooks ----------------------------------------------------------------------------------
     def _model_started(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if torch.compiler.is_compiling():
+            self.compiled = True
+            return
         if module is not self.model or self._current is not None or not self._recording():
             return
         self.passes = [p for p in self.passes if p.alive()]

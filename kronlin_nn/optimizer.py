@@ -321,6 +321,7 @@ class KFAC(torch.optim.Optimizer):
                             f"{len(args)} positional argument(s)"
                             + (" and a closure" if closure is not None else ""))
         self._check_group()
+        _check_model(self.model)  # e.g. model.compile() after construction
         device = self._layout.trainable()[0].device.type
         ambient = _autocast_state(device)
         returned = None

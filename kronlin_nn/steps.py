@@ -146,6 +146,12 @@ def user_batch(recorder: PassRecorder, dist: PredictiveDistribution, params: Seq
 
 def _usable_passes(recorder: PassRecorder) -> list[Pass]:
     """The backpropagated passes, checked; a guiding error if there are none."""
+    if recorder.compiled:
+        raise ValueError(
+            "model: it ran compiled (torch.compile after KFAC was built); K-FAC records every "
+            "layer's calls with forward hooks, which a compiled graph does not run reliably: "
+            "call the uncompiled model in your loop"
+        )
     if recorder.stray is not None:
         raise ValueError(recorder.stray)
     if recorder.stale:

@@ -181,6 +181,20 @@ def test_compiled_models_are_refused_at_construction():
         KFAC(model, nn.CrossEntropyLoss())
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_model_compiled_after_construction_is_refused_at_the_step():
+    model, loss_fn, x, y = _problem()
+    opt = KFAC(model, loss_fn, seed=0)
+    compiled = torch.compile(model, backend="eager")
+    loss_fn(compiled(x), y).backward()
+    with pytest.raises(ValueError, match=r"ran compiled.*call the uncompiled model"):
+        opt.step()
+    opt.zero_grad()
+    model.compile(backend="eager")
+    with pytest.raises(ValueError, match="model is compiled"):
+        opt.step(x, y)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_parameters_are_refused_with_what_to_do(dtype):
     with pytest.raises(ValueError, match=rf"model.0.weight: parameters in {dtype}.*torch.autocast"):

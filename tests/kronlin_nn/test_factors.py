@@ -7,6 +7,7 @@ from kronlin_nn.capture import homogeneous
 
 from .helpers import (
     LOSS_CLASSES,
+    RepeatColumns,
     data,
     dense_ggn,
     layer_slices,
@@ -224,15 +225,6 @@ def test_integer_class_weights_give_the_factors_of_repeated_cases(kind, reductio
     _assert_same_factors(weighted, repeated)
 
 
-class _RepeatColumns(nn.Module):
-    def __init__(self, repeats):
-        super().__init__()
-        self.repeats = repeats
-
-    def forward(self, z):
-        return z.repeat_interleave(self.repeats, dim=1)
-
-
 def test_integer_output_weights_give_the_factors_of_repeated_outputs():
     """BCEWithLogitsLoss(weight=w, reduction="sum") with integer w: each output counted w_j times."""
     model, x = _block_zoo("mlp")
@@ -240,7 +232,7 @@ def test_integer_output_weights_give_the_factors_of_repeated_outputs():
     y = torch.rand(9, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64).round()
     weighted = kfac_factors(model, nn.BCEWithLogitsLoss(weight=w, reduction="sum"), x, y,
                             fisher="exact")
-    twin = nn.Sequential(*model, _RepeatColumns(w.long()))
+    twin = nn.Sequential(*model, RepeatColumns(w.long()))
     repeated = kfac_factors(twin, nn.BCEWithLogitsLoss(reduction="sum"), x,
                             y.repeat_interleave(w.long(), dim=1), fisher="exact")
     _assert_same_factors(weighted, repeated)

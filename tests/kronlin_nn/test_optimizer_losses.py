@@ -6,7 +6,7 @@ from torch import nn
 
 from kronlin_nn import KFAC
 
-from .helpers import data, flat_params, tiny_mlp
+from .helpers import RepeatColumns, data, flat_params, tiny_mlp
 
 SIZES = [3, 4, 5, 3]
 
@@ -79,21 +79,12 @@ def test_label_smoothing_gives_the_iteration_of_smoothed_probability_targets(fis
     _assert_same_runs(smoothed, soft)
 
 
-class _RepeatColumns(nn.Module):
-    def __init__(self, repeats):
-        super().__init__()
-        self.repeats = repeats
-
-    def forward(self, z):
-        return z.repeat_interleave(self.repeats, dim=1)
-
-
 def test_integer_output_weights_give_the_iteration_of_repeated_outputs():
     x, y = data("bce", 16, SIZES[0], SIZES[-1])
     w = torch.tensor([3.0, 1.0, 2.0], dtype=torch.float64)
     kw = dict(fisher="exact", **WHOLE_BATCH)
     weighted = _run(tiny_mlp(SIZES), nn.BCEWithLogitsLoss(weight=w, reduction="sum"), x, y, **kw)
-    twin = nn.Sequential(*tiny_mlp(SIZES), _RepeatColumns(w.long()))
+    twin = nn.Sequential(*tiny_mlp(SIZES), RepeatColumns(w.long()))
     repeated = _run(twin, nn.BCEWithLogitsLoss(reduction="sum"), x,
                     y.repeat_interleave(w.long(), dim=1), **kw)
     _assert_same_runs(weighted, repeated)

@@ -319,3 +319,32 @@ def test_gradient_clipping_between_backward_and_step_is_honoured(automatic):
     factor = 0.1 / (norm + 1e-6)  # clip_grad_norm_'s
     assert factor < 0.5
     torch.testing.assert_close(updates[1], updates[0] * factor, rtol=1e-9, atol=1e-14)
+
+
+# -- CUDA ----------------------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_forms_and_float16_autocast_with_a_grad_scaler():
+    x, y = data("ce", 64, SIZES[0], SIZES[-1])
+    x, y = x.float().cuda(), y.cuda()
+    params = {}
+    for form in FORMS:
+        model, loss_fn = tiny_mlp(SIZES, dtype=torch.float32).cuda(), nn.CrossEntropyLoss()
+        opt = KFAC(model, loss_fn, seed=1, stats_fraction=0.5)
+        for k in range(6):
+            FORMS[form](opt, model, loss_fn, *_rows(x, y, k))
+        params[form] = flat_params(model)
+    torch.testing.assert_close(params["b"], params["a"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(params["c"], params["a"], rtol=1e-5, atol=1e-6)
+    model, loss_fn = tiny_mlp(SIZES, dtype=torch.float32).cuda(), nn.CrossEntropyLoss()
+    opt, scaler = KFAC(model, loss_fn, seed=0), torch.amp.GradScaler("cuda")
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = loss_fn(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        losses.append(opt.last_step["loss"])
+    assert losses[-1] < losses[0]

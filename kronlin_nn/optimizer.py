@@ -34,10 +34,9 @@ and one more on ρ steps (plus a few on refresh steps).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -86,7 +85,16 @@ from .quadratic import (
     solve_coefficients,
 )
 from .statistics import FactorStatistics
-from .steps import Batch, user_batch
+from .steps import (
+    Batch,
+    autocast_as,
+    autocast_state,
+    check_dtypes,
+    check_model,
+    check_param_group,
+    momentum_kind,
+    user_batch,
+)
 
 __all__ = ["KFAC"]
 
@@ -96,8 +104,6 @@ UNITS = ("loss", "case")
 # decades below the search grid, where the factored damping is still ~1e-5 of the factors' scale.
 LAMBDA_FLOOR = 1e-10
 _STATE_VERSION = 4
-MOMENTUM_KINDS = {"auto": "True (μ from the quadratic model)", "none": "False (no momentum)",
-                  "fixed": "a float (a fixed μ)"}
 
 
 class KFAC(torch.optim.Optimizer):
@@ -229,7 +235,7 @@ class KFAC(torch.optim.Optimizer):
                   quad_min_cases=quad_min_cases, pi=pi,
                   damping_bounds=damping_bounds, gamma_bounds=gamma_bounds,
                   unsupported=unsupported)
-        _check_model(model)
+        check_model(model)
         if loss_fn is None:
             raise TypeError(
                 "loss_fn: KFAC(model, loss_fn) needs the loss module whose value is the objective, "
@@ -239,12 +245,12 @@ class KFAC(torch.optim.Optimizer):
         self._dist = predictive_distribution(loss_fn)
         self._dist.check_fisher(fisher)
         blocks = model_blocks(model, unsupported)
-        _check_dtypes(blocks)
+        check_dtypes(blocks)
         super().__init__([p for b in blocks for p in b.params if p is not None],
                          {"lr": 1.0 if lr is None else lr, "momentum": momentum,
                           "weight_decay": weight_decay})
         self.model, self.loss_fn = model, loss_fn
-        self._fixed_lr, self._momentum_kind = lr is not None, _momentum_kind(momentum)
+        self._fixed_lr, self._momentum_kind = lr is not None, momentum_kind(momentum)
         self.approx, self.fisher, self.pi = approx, fisher, pi
         self.gamma_rule, self.units = gamma_rule, units
         self.adapt_damping, self.rho_includes_damping = adapt_damping, rho_includes_damping
@@ -320,10 +326,10 @@ class KFAC(torch.optim.Optimizer):
             raise TypeError("step: expected step(inputs, targets), step(closure) or step(), got "
                             f"{len(args)} positional argument(s)"
                             + (" and a closure" if closure is not None else ""))
-        self._check_group()
-        _check_model(self.model)  # e.g. model.compile() after construction
+        check_param_group(self.param_groups[0], self._momentum_kind)
+        check_model(self.model)  # e.g. model.compile() after construction
         device = self._layout.trainable()[0].device.type
-        ambient = _autocast_state(device)
+        ambient = autocast_state(device)
         returned = None
         if closure is not None:
             with torch.enable_grad():
@@ -347,7 +353,7 @@ class KFAC(torch.optim.Optimizer):
             grad_scale = getattr(self, "grad_scale", None)
             data = user_batch(self._passes, self._dist, self._layout.trainable(), grad_scale,
                               unscaled=found_inf is not None and grad_scale is None)
-        with own_passes(), _autocast_as(None, device):  # K-FAC's passes in the parameters' dtype
+        with own_passes(), autocast_as(None, device):  # K-FAC's passes in the parameters' dtype
             return self._iterate(data)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -396,26 +402,6 @@ class KFAC(torch.optim.Optimizer):
         """The diagnostics of a step a ``GradScaler`` skipped (its scaled gradients overflowed)."""
         return {"loss": math.nan, "lambda": self._lambda, "gamma": self._gamma, "alpha": math.nan,
                 "mu": math.nan, "rho": math.nan, "refreshed": False, "accepted": False}
-
-    def _check_group(self) -> None:
-        """Refuse param-group values that K-FAC cannot honour (schedulers write there)."""
-        group = self.param_groups[0]
-        lr, momentum = group["lr"], group["momentum"]
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 <= lr < math.inf:
-            raise ValueError(
-                f"param_groups[0]['lr']: expected a float >= 0 (a multiplier of the update the "
-                f"quadratic model chooses, 1.0 by default; with KFAC(lr=...) the fixed α), got "
-                f"{lr!r}"
-            )
-        kind = _momentum_kind(momentum)
-        if kind != self._momentum_kind:
-            raise ValueError(
-                f"param_groups[0]['momentum']: KFAC was built with momentum "
-                f"{MOMENTUM_KINDS[self._momentum_kind]}, and it was changed to {momentum!r}; a "
-                f"scheduler that cycles momentum (OneCycleLR, CyclicLR) does this: give it "
-                f"cycle_momentum=False, or build KFAC(momentum=<float>) for a fixed μ that it may "
-                f"schedule"
-            )
 
     def _sizes(self, m: int) -> tuple[int, int]:
         """``(n₁, n₂)``: the sizes of :math:`S_1` (statistics) and :math:`S_2` (quadratic model)."""
@@ -854,7 +840,7 @@ class KFAC(torch.optim.Optimizer):
 
         Under the autocast of the batch's pass, so that ρ compares values of one precision.
         """
-        with torch.no_grad(), _autocast_as(self._pass_autocast, theta.device.type):
+        with torch.no_grad(), autocast_as(self._pass_autocast, theta.device.type):
             params = self._layout.named_tensors(theta, self._names)
             z = functional_call(self.model, params, (inputs,))
             loss = self.loss_fn(z, targets)
@@ -1005,73 +991,6 @@ class KFAC(torch.optim.Optimizer):
             self._generator = torch.Generator(device=device)
             self._generator.manual_seed(self._seed)
         return self._generator
-
-
-def _check_model(model: object) -> None:
-    """Refuse what is not a model K-FAC can record: parameters, a compiled module."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"model: expected the nn.Module itself (K-FAC records its layers' inputs and outputs "
-            f"and evaluates it on sub-batches), got {type(model).__name__}; write "
-            f"KFAC(model, loss_fn), not KFAC(model.parameters(), loss_fn)"
-        )
-    compiled = [name or "model" for name, m in model.named_modules()
-                if getattr(m, "_compiled_call_impl", None) is not None or hasattr(m, "_orig_mod")]
-    if compiled:
-        raise ValueError(
-            f"model: {compiled[0]} is compiled (torch.compile or Module.compile()); K-FAC records "
-            f"every layer's calls with forward hooks and re-runs the layers in forward-mode AD "
-            f"with their forwards replaced, which a compiled graph does not see: give KFAC the "
-            f"uncompiled model (for compiled = torch.compile(model), model itself, i.e. "
-            f"compiled._orig_mod) and train it uncompiled"
-        )
-
-
-def _check_dtypes(blocks: Sequence[CurvatureBlock]) -> None:
-    """Refuse parameters that are not all float32 or all float64."""
-    named = [(name, p) for b in blocks for name, p in zip(b.param_names, b.params, strict=True)
-             if p is not None]
-    dtypes = {p.dtype for _, p in named}
-    for name, p in named:
-        if p.dtype not in (torch.float32, torch.float64):
-            raise ValueError(
-                f"model.{name}: parameters in {p.dtype}; K-FAC keeps its statistics, inverses "
-                f"and quadratic model in the parameters' dtype, float32 or float64: keep the "
-                f"parameters in float32 and run your forward pass under torch.autocast("
-                f"device_type, dtype={p.dtype}) with opt.step() after your backward pass "
-                f"(K-FAC's own passes then run in float32)"
-            )
-    if len(dtypes) > 1:
-        raise ValueError(f"model: parameters in several dtypes {sorted(map(str, dtypes))}; "
-                         f"K-FAC's flat parameter vector needs one")
-
-
-def _momentum_kind(momentum: object) -> str:
-    """``"auto"`` (``True``), ``"none"`` (``False``) or ``"fixed"`` (a number)."""
-    if momentum is True or momentum is False:
-        return "auto" if momentum else "none"
-    return "fixed" if isinstance(momentum, int | float) else repr(momentum)
-
-
-def _autocast_state(device_type: str) -> tuple[str, torch.dtype] | None:
-    """``(device type, dtype)`` of the enclosing autocast region, or ``None``."""
-    if not torch.is_autocast_enabled(device_type):
-        return None
-    return device_type, torch.get_autocast_dtype(device_type)
-
-
-@contextlib.contextmanager
-def _autocast_as(state: tuple[str, torch.dtype] | None, device_type: str) -> Iterator[None]:
-    """Run under the autocast ``state`` (``None``: autocast off)."""
-    if state is None:
-        if not torch.is_autocast_enabled(device_type):
-            yield
-            return
-        with torch.autocast(device_type, enabled=False):
-            yield
-    else:
-        with torch.autocast(state[0], dtype=state[1]):
-            yield
 
 
 def _total_norm(tensors: Sequence[Tensor], like: Tensor) -> Tensor:

@@ -24,20 +24,44 @@ The weight with which backward passes reached each :math:`L_j` is recorded, so a
 micro-batch loss backpropagated with another weight (a forgotten ``/ k``) is refused rather
 than giving another objective's gradient. After ``scaler.unscale_(opt)`` only the weights'
 proportions can be checked: their common scale is the scaler's, which the optimizer is not told.
+
+The module also holds what the torch.optim contract checks of what it is given: the model
+(:func:`check_model`, :func:`check_dtypes`), the param group that schedulers write
+(:func:`check_param_group`), and the autocast region of a pass (:func:`autocast_state`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .capture import LayerIO, Pass, PassRecorder
 from .losses import PredictiveDistribution
 
-__all__ = ["Batch", "user_batch"]
+if TYPE_CHECKING:
+    from .blocks import CurvatureBlock
+
+__all__ = [
+    "MOMENTUM_KINDS",
+    "Batch",
+    "autocast_as",
+    "autocast_state",
+    "check_dtypes",
+    "check_model",
+    "check_param_group",
+    "momentum_kind",
+    "user_batch",
+]
+
+MOMENTUM_KINDS = {"auto": "True (μ from the quadratic model)", "none": "False (no momentum)",
+                  "fixed": "a float (a fixed μ)"}
+"""The kinds of ``momentum`` (:func:`momentum_kind`), as messages name them."""
 
 # relative tolerance of the check that each micro-batch's loss entered .grad with its weight
 WEIGHT_RTOL = 1e-4
@@ -198,3 +222,97 @@ def _shares(dist: PredictiveDistribution, passes: Sequence[Pass], targets: Tenso
     else:
         counts = torch.stack([d.sum() for d in cases.reduction.split(sizes)]).to(dtype)
     return counts / counts.sum()
+
+
+def check_param_group(group: dict, built: str) -> None:
+    """Refuse param-group values that K-FAC cannot honour (schedulers write there).
+
+    Args:
+        group: ``param_groups[0]``.
+        built: the :func:`momentum_kind` KFAC was built with.
+
+    Raises:
+        ValueError: an ``lr`` that is not a float ``>= 0``, or a momentum of another kind.
+
+    """
+    lr, momentum = group["lr"], group["momentum"]
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 <= lr < math.inf:
+        raise ValueError(
+            f"param_groups[0]['lr']: expected a float >= 0 (a multiplier of the update the "
+            f"quadratic model chooses, 1.0 by default; with KFAC(lr=...) the fixed α), got "
+            f"{lr!r}"
+        )
+    if momentum_kind(momentum) != built:
+        raise ValueError(
+            f"param_groups[0]['momentum']: KFAC was built with momentum {MOMENTUM_KINDS[built]}, "
+            f"and it was changed to {momentum!r}; a scheduler that cycles momentum (OneCycleLR, "
+            f"CyclicLR) does this: give it cycle_momentum=False, or build KFAC(momentum=<float>) "
+            f"for a fixed μ that it may schedule"
+        )
+
+
+def check_model(model: object) -> None:
+    """Refuse what is not a model K-FAC can record: parameters, a compiled module."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model: expected the nn.Module itself (K-FAC records its layers' inputs and outputs "
+            f"and evaluates it on sub-batches), got {type(model).__name__}; write "
+            f"KFAC(model, loss_fn), not KFAC(model.parameters(), loss_fn)"
+        )
+    compiled = [name or "model" for name, m in model.named_modules()
+                if getattr(m, "_compiled_call_impl", None) is not None or hasattr(m, "_orig_mod")]
+    if compiled:
+        raise ValueError(
+            f"model: {compiled[0]} is compiled (torch.compile or Module.compile()); K-FAC records "
+            f"every layer's calls with forward hooks and re-runs the layers in forward-mode AD "
+            f"with their forwards replaced, which a compiled graph does not see: give KFAC the "
+            f"uncompiled model (for compiled = torch.compile(model), model itself, i.e. "
+            f"compiled._orig_mod) and train it uncompiled"
+        )
+
+
+def check_dtypes(blocks: Sequence[CurvatureBlock]) -> None:
+    """Refuse parameters that are not all float32 or all float64."""
+    named = [(name, p) for b in blocks for name, p in zip(b.param_names, b.params, strict=True)
+             if p is not None]
+    dtypes = {p.dtype for _, p in named}
+    for name, p in named:
+        if p.dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"model.{name}: parameters in {p.dtype}; K-FAC keeps its statistics, inverses "
+                f"and quadratic model in the parameters' dtype, float32 or float64: keep the "
+                f"parameters in float32 and run your forward pass under torch.autocast("
+                f"device_type, dtype={p.dtype}) with opt.step() after your backward pass "
+                f"(K-FAC's own passes then run in float32)"
+            )
+    if len(dtypes) > 1:
+        raise ValueError(f"model: parameters in several dtypes {sorted(map(str, dtypes))}; "
+                         f"K-FAC's flat parameter vector needs one")
+
+
+def momentum_kind(momentum: object) -> str:
+    """``"auto"`` (``True``), ``"none"`` (``False``) or ``"fixed"`` (a number)."""
+    if momentum is True or momentum is False:
+        return "auto" if momentum else "none"
+    return "fixed" if isinstance(momentum, int | float) else repr(momentum)
+
+
+def autocast_state(device_type: str) -> tuple[str, torch.dtype] | None:
+    """``(device type, dtype)`` of the enclosing autocast region, or ``None``."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return device_type, torch.get_autocast_dtype(device_type)
+
+
+@contextlib.contextmanager
+def autocast_as(state: tuple[str, torch.dtype] | None, device_type: str) -> Iterator[None]:
+    """Run under the autocast ``state`` (``None``: autocast off)."""
+    if state is None:
+        if not torch.is_autocast_enabled(device_type):
+            yield
+            return
+        with torch.autocast(device_type, enabled=False):
+            yield
+    else:
+        with torch.autocast(state[0], dtype=state[1]):
+            yield

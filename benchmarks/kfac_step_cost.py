@@ -48,6 +48,7 @@ SIZES = [784, 1000, 500, 250, 30, 250, 500, 1000, 784]
 PHASES = {
     "_forward": "forward",
     "_gradient": "backward",
+    "_pack_gradient": "backward",  # the flat gradient and weight decay (every step form)
     "_extra_backward": "extra backward",
     "_factor_estimates": "statistics",
     "_operators": "refresh",

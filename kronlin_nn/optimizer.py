@@ -1,10 +1,14 @@
 r"""``KFAC``: the complete K-FAC optimizer of Martens & Grosse (2015) for torch networks.
 
-One call per iteration, ``stats = opt.step(inputs, targets)``, runs the paper's Algorithm 2
-(arXiv §9; spec ``kfac-algorithm.md`` §6) in this order:
+One call per iteration runs the paper's Algorithm 2 (arXiv §9; spec ``kfac-algorithm.md`` §6),
+in any of three forms that give the same iteration (:mod:`kronlin_nn.steps`):
+``stats = opt.step(inputs, targets)``; the user's own
+``loss = loss_fn(model(x), y); loss.backward(); opt.step()``; or ``opt.step(closure)``. In order:
 
 1. forward pass on the batch :math:`S'`, recording every layer's input and output, and
-   backward pass for :math:`h(\theta)` and :math:`\nabla h`, weight decay included;
+   backward pass for :math:`h(\theta)` and :math:`\nabla h`, weight decay included (run by
+   the user in the second and third forms, recorded by hooks, the gradient read from
+   ``.grad``; several forward and backward passes before a step are one batch);
 2. a forward pass of its own on :math:`S_1` (the first :math:`\lceil\tau_1 m\rceil` cases; this
    costs :math:`\tau_1` of a forward pass and saves a full-batch backward pass) and the extra
    backward pass on it with targets sampled from the model, to the layer outputs only,
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,7 +47,7 @@ from torch.func import functional_call
 import kronlin
 
 from .blocks import UNSUPPORTED, CurvatureBlock, KroneckerBlock, check_tridiag_chain, model_blocks
-from .capture import LayerIO, Recorder, group_calls
+from .capture import LayerIO, Pass, PassRecorder, Recorder, group_calls, merged_calls, own_passes
 from .curvature import (
     FactorError,
     KFACWarning,
@@ -82,12 +86,22 @@ from .quadratic import (
     solve_coefficients,
 )
 from .statistics import FactorStatistics
+from .steps import (
+    Batch,
+    autocast_as,
+    autocast_state,
+    check_dtypes,
+    check_model,
+    check_param_group,
+    momentum_kind,
+    user_batch,
+)
 
 __all__ = ["KFAC"]
 
 APPROXIMATIONS = ("blockdiag", "tridiag")
 UNITS = ("loss", "case")
-_STATE_VERSION = 3
+_STATE_VERSION = 4
 # The default lower bound of λ in units of ε·λ_top (ε the dtype's machine epsilon): a hundred
 # rounding errors of the quadratic model's entries. At ε·λ_top, full-batch float32 training
 # still took uphill steps near its end (scikit-learn's digits autoencoder).
@@ -101,15 +115,19 @@ class KFAC(torch.optim.Optimizer):
     r"""K-FAC (Martens & Grosse 2015) with the paper's full damping and momentum machinery.
 
     Args:
-        model: the network. Every trainable parameter gets a curvature block
-            (:mod:`kronlin_nn.blocks`): ``nn.Linear`` (on ``(n, …, d_in)`` inputs, called
-            once or more per forward pass), ``nn.Conv2d``, ``nn.Embedding``, the affine part
-            of normalization layers, and ``unsupported``'s choice for the rest. The model
-            must treat cases independently (no BatchNorm in training mode): it is evaluated
-            on sub-batches.
-        loss_fn: ``nn.MSELoss``, ``nn.BCEWithLogitsLoss`` or ``nn.CrossEntropyLoss`` with
-            reduction ``"mean"`` or ``"sum"``; the objective is exactly ``loss_fn(model(x), y)``
-            plus ``weight_decay/2·‖θ‖²``, and the curvature is that objective's Fisher.
+        model: the network (the module itself, not its parameters, uncompiled, with float32
+            or float64 parameters: half precision is for ``torch.autocast``). Every trainable
+            parameter gets a curvature block (:mod:`kronlin_nn.blocks`): ``nn.Linear`` (on
+            ``(n, …, d_in)`` inputs, called once or more per forward pass), ``nn.Conv2d``,
+            ``nn.Embedding``, the affine part of normalization layers, and ``unsupported``'s
+            choice for the rest. The model must treat cases independently (no BatchNorm in
+            training mode): it is evaluated on sub-batches. Hooks on it record the user's own
+            forward passes (:class:`~kronlin_nn.capture.PassRecorder`).
+        loss_fn: ``nn.MSELoss``, ``nn.BCEWithLogitsLoss`` or ``nn.CrossEntropyLoss`` (or a
+            subclass keeping their ``forward``) with reduction ``"mean"`` or ``"sum"``, every
+            other option honoured (:mod:`kronlin_nn.losses`); the objective is exactly
+            ``loss_fn(model(x), y)`` plus ``weight_decay/2·‖θ‖²``, and the curvature is that
+            objective's Fisher (its Gauss–Newton matrix).
         approx: ``"blockdiag"`` (:math:`\breve F`, paper §4.2; the paper's recommendation) or
             ``"tridiag"`` (:math:`\hat F`, §4.3; the ``nn.Linear``/``nn.Conv2d`` layers must
             form a chain in forward order, each called once; the other blocks sit on its
@@ -117,9 +135,14 @@ class KFAC(torch.optim.Optimizer):
         fisher: statistics from targets sampled from the model (``"mc"``, the paper), the
             data's targets (``"empirical"``) or the exact expectation (``"exact"``, one backward
             pass per output).
-        lr: ``None``: α from the quadratic model (arXiv §6.4); a float: fixed α.
+        lr: ``None`` (default): the quadratic model chooses α (arXiv §6.4), and μ with it when
+            ``momentum=True`` (§7), and ``param_groups[0]["lr"]`` (1.0) multiplies what it
+            chose (a fixed μ is applied as given), so that a learning-rate scheduler scales
+            K-FAC's own step; a float: a fixed α = ``param_groups[0]["lr"]`` (this value at
+            first), scheduled like SGD's learning rate.
         momentum: ``True``: μ from the quadratic model (arXiv §7); ``False``: none; a float:
-            fixed μ.
+            fixed μ (``param_groups[0]["momentum"]``, which schedulers may change; replacing
+            ``True`` or ``False`` by a float, as ``OneCycleLR`` does, is refused).
         damping: the initial λ. ``None`` (default) searches the first batch for it: one
             candidate per decade below the largest curvature eigenvalue, λ₀ being where the
             Levenberg–Marquardt rule would be at rest (:meth:`_search_damping`). γ starts at
@@ -174,19 +197,27 @@ class KFAC(torch.optim.Optimizer):
             :math:`\gamma^2 I`: a gradient step sized by the quadratic model) or ``"error"``
             (:func:`~kronlin_nn.blocks.model_blocks`).
 
-    The returned diagnostics of :meth:`step` are a dict with ``"loss"`` (:math:`h(\theta)` before
-    the step, weight decay included), ``"lambda"`` and ``"gamma"`` (the values this step used),
-    ``"alpha"``, ``"mu"``, ``"rho"`` (NaN when not computed), ``"refreshed"`` and ``"accepted"``.
+    The diagnostics of a step (returned by :meth:`step` in its first two forms, and kept in
+    :attr:`last_step`) are a dict with ``"loss"`` (:math:`h(\theta)` before the step, weight
+    decay included), ``"lambda"`` and ``"gamma"`` (the values this step used), ``"alpha"``,
+    ``"mu"`` (the coefficients applied), ``"rho"`` (NaN when not computed), ``"refreshed"``
+    and ``"accepted"``.
+
+    One parameter group holds every trainable parameter (:meth:`add_param_group` is refused).
+    The optimizer supports ``torch.amp.GradScaler`` (``scaler.step(opt)``): it divides the
+    gradients by the scale itself and skips a step whose scaled gradients overflowed.
 
     Raises:
         ValueError, TypeError: invalid configuration, model or loss (naming the argument).
 
     """
 
+    _step_supports_amp_scaling = True  # GradScaler.step leaves unscaling and skipping to step()
+
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: nn.Module,
+        loss_fn: nn.Module | None = None,
         *,
         approx: str = "blockdiag",
         fisher: str = "mc",
@@ -221,11 +252,22 @@ class KFAC(torch.optim.Optimizer):
                   quad_min_cases=quad_min_cases, pi=pi,
                   damping_bounds=damping_bounds, gamma_bounds=gamma_bounds,
                   unsupported=unsupported)
-        blocks = model_blocks(model, unsupported)
-        super().__init__([p for b in blocks for p in b.params if p is not None],
-                         {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
-        self.model, self.loss_fn = model, loss_fn
+        check_model(model)
+        if loss_fn is None:
+            raise TypeError(
+                "loss_fn: KFAC(model, loss_fn) needs the loss module whose value is the objective, "
+                "e.g. nn.CrossEntropyLoss(), nn.MSELoss() or nn.BCEWithLogitsLoss(), and your loop "
+                "calls that same module; got none"
+            )
         self._dist = predictive_distribution(loss_fn)
+        self._dist.check_fisher(fisher)
+        blocks = model_blocks(model, unsupported)
+        check_dtypes(blocks)
+        super().__init__([p for b in blocks for p in b.params if p is not None],
+                         {"lr": 1.0 if lr is None else lr, "momentum": momentum,
+                          "weight_decay": weight_decay})
+        self.model, self.loss_fn = model, loss_fn
+        self._fixed_lr, self._momentum_kind = lr is not None, momentum_kind(momentum)
         self.approx, self.fisher, self.pi = approx, fisher, pi
         self.gamma_rule, self.units = gamma_rule, units
         self.adapt_damping, self.rho_includes_damping = adapt_damping, rho_includes_damping
@@ -254,6 +296,12 @@ class KFAC(torch.optim.Optimizer):
         self._rejected = 0
         self._seed = int(torch.randint(0, 2**62, ())) if seed is None else int(seed)
         self._generator: torch.Generator | None = None
+        self._passes = PassRecorder(model, [b.module if b.recorded else None for b in blocks],
+                                    loss_fn, self._layout.trainable()[0])
+        self._pass_autocast: tuple[str, torch.dtype] | None = None
+        self.last_step: dict[str, Any] | None = None
+        """The diagnostics of the last step (``None`` before the first)."""
+        self._constructed = True
 
     # -- public API -------------------------------------------------------------------------
     @property
@@ -261,36 +309,152 @@ class KFAC(torch.optim.Optimizer):
         """The number of iterations done, ``k`` (steps rejected for non-finite values excluded)."""
         return self._k
 
-    def step(self, inputs: Tensor, targets: Tensor) -> dict[str, Any]:  # type: ignore[override]
-        """One K-FAC iteration on the batch ``(inputs, targets)``; see the module docstring.
+    def step(self, *args: Tensor | Callable[[], Any],  # type: ignore[override]
+             closure: Callable[[], Any] | None = None) -> Any:
+        """One K-FAC iteration, in one of three forms that give the same iteration.
+
+        - ``opt.step(inputs, targets)``: K-FAC runs the forward and backward passes itself
+          (``.grad`` is set to the loss's gradient);
+        - ``opt.step()``, after ``loss = loss_fn(model(x), y); loss.backward()`` with the very
+          ``model`` and ``loss_fn`` given to ``KFAC`` (hooks record the forward pass; the
+          gradient is ``.grad``; several forward and backward passes since the last step are
+          micro-batches of one batch, each loss weighted by its share of the union batch's);
+        - ``opt.step(closure)``: ``closure()`` zeroes the gradients, runs those passes and
+          returns the loss, as for ``torch.optim.LBFGS``.
+
+        See :mod:`kronlin_nn.steps`, and the module docstring for the iteration.
 
         Args:
-            inputs: ``m`` cases, the first dimension being the batch.
-            targets: their targets, as ``loss_fn`` takes them.
+            *args: ``(inputs, targets)``: ``m`` cases, the first dimension being the batch,
+                and their targets as ``loss_fn`` takes them; or ``(closure,)``; or nothing.
+            closure: the closure, as a keyword.
 
         Returns:
-            The diagnostics dict described in the class docstring.
+            The diagnostics dict described in the class docstring (also :attr:`last_step`);
+            with a closure, what the closure returned.
+
+        Raises:
+            ValueError: no recorded forward and backward pass for ``opt.step()``, a
+                configuration changed in the param group that K-FAC cannot honour, or
+                gradients that are not the recorded loss's.
 
         """
-        group = self.param_groups[0]
-        lr, momentum = group["lr"], group["momentum"]
-        m = inputs.shape[0]
+        if closure is None and len(args) == 1 and callable(args[0]):
+            closure, args = args[0], ()
+        if args and (closure is not None or len(args) != 2):
+            raise TypeError("step: expected step(inputs, targets), step(closure) or step(), got "
+                            f"{len(args)} positional argument(s)"
+                            + (" and a closure" if closure is not None else ""))
+        check_param_group(self.param_groups[0], self._momentum_kind)
+        check_model(self.model)  # e.g. model.compile() after construction
+        device = self._layout.trainable()[0].device.type
+        ambient = autocast_state(device)
+        returned = None
+        if closure is not None:
+            with torch.enable_grad():
+                returned = closure()
+        try:  # whatever happens, the recorded passes are consumed
+            self.last_step = self._step_on(args, ambient)
+        finally:
+            self._passes.clear()
+        return returned if closure is not None else self.last_step
+
+    def _step_on(self, args: tuple, ambient: tuple[str, torch.dtype] | None) -> dict[str, Any]:
+        """The iteration on the batch of form (a) (``args``) or of the recorded passes."""
+        device = self._layout.trainable()[0].device.type
+        if args:
+            with own_passes():
+                data = self._own_batch(*args, ambient)
+        else:
+            found_inf = getattr(self, "found_inf", None)  # set by GradScaler.step
+            if found_inf is not None and float(found_inf) > 0:
+                return self._skipped()
+            grad_scale = getattr(self, "grad_scale", None)
+            data = user_batch(self._passes, self._dist, self._layout.trainable(), grad_scale,
+                              unscaled=found_inf is not None and grad_scale is None)
+        with own_passes(), autocast_as(None, device):  # K-FAC's passes in the parameters' dtype
+            return self._iterate(data)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients, and forget the forward passes whose gradients they were.
+
+        As ``torch.optim.Optimizer.zero_grad``; the recorded passes not yet backpropagated stay.
+        """
+        super().zero_grad(set_to_none)
+        self._passes.discard_backpropagated()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Refused after construction: every trainable parameter of the model is in the group.
+
+        Raises:
+            ValueError: always, once the optimizer is constructed.
+
+        """
+        if getattr(self, "_constructed", False):
+            raise ValueError(
+                "add_param_group: KFAC has one parameter group holding every trainable parameter "
+                "of its model (each gets a curvature block) and no per-group hyperparameters; "
+                "for parameters of another module, give KFAC a model containing it, or use "
+                "another optimizer for them"
+            )
+        super().add_param_group(param_group)
+
+    # -- the three step forms ------------------------------------------------------------------
+    def _own_batch(self, inputs: Tensor, targets: Tensor,
+                   autocast: tuple[str, torch.dtype] | None) -> Batch:
+        """Form (a): the forward and backward passes on ``(inputs, targets)``, run here."""
+        if self._passes.backpropagated():
+            raise ValueError(
+                "opt.step(inputs, targets) runs its own forward and backward passes, but a "
+                "forward pass of yours was backpropagated since the last step: call opt.step() "
+                "to take that one, or opt.zero_grad() to discard it"
+            )
+        n1 = self._sizes(inputs.shape[0])[0]
+        z, calls = self._forward(inputs)
+        # without autocast, S₁ = S' can reuse this pass's graph for the extra backward
+        graph = autocast is None and n1 == inputs.shape[0]
+        loss, grads = self._gradient(z, targets, retain_graph=graph)
+        return Batch(inputs, targets, z, loss, grads, calls=calls, graph=autocast is None,
+                     autocast=autocast)
+
+    def _skipped(self) -> dict[str, Any]:
+        """The diagnostics of a step a ``GradScaler`` skipped (its scaled gradients overflowed)."""
+        return {"loss": math.nan, "lambda": self._lambda, "gamma": self._gamma, "alpha": math.nan,
+                "mu": math.nan, "rho": math.nan, "refreshed": False, "accepted": False}
+
+    def _sizes(self, m: int) -> tuple[int, int]:
+        """``(n₁, n₂)``: the sizes of :math:`S_1` (statistics) and :math:`S_2` (quadratic model)."""
         n1 = min(m, max(1, math.ceil(self.stats_fraction * m)))
         n2 = min(m, max(math.ceil(self.quad_fraction * m), self.quad_min_cases))
-        z, calls = self._forward(inputs)
+        return n1, n2
+
+    def _iterate(self, data: Batch) -> dict[str, Any]:
+        """The iteration on a batch, whichever form of :meth:`step` gathered it."""
+        group = self.param_groups[0]
+        lr, momentum = group["lr"], group["momentum"]
+        inputs, targets, z = data.inputs, data.targets, data.z
+        self._pass_autocast = data.autocast
+        m = inputs.shape[0]
+        n1, n2 = self._sizes(m)
         kappa = self._dist.scale(m, z[:1].numel()) * m
         unit = kappa if self.units == "case" else 1.0  # loss units per unit of λ and η
         eta = group["weight_decay"] * unit
         # S₁ gets a forward pass of its own, so the extra backward costs τ₁ of a full one
-        z1, calls1 = (z, calls) if n1 == m else self._forward(inputs[:n1])
-        h, theta, grad_h = self._gradient(z, targets, eta, retain_graph=n1 == m)
-        g = self._extra_backward(z1, calls1, targets[:n1], n1)
-        batch = self._factor_estimates(calls1, g, n1)
+        z1, calls1 = (z, data.calls) if n1 == m and data.graph else self._forward(inputs[:n1])
+        calls = self._batch_calls(data, n2)
+        h, theta, grad_h = self._pack_gradient(data, eta)
+        w1 = self._dist.weights(targets, n1, theta.dtype)
+        w2 = self._dist.weights(targets, n2, theta.dtype).outputs
+        g = self._extra_backward(z1, calls1, targets[:n1], n1, w1.outputs)
+        batch = self._factor_estimates(calls1, g, n1, w1.inputs)
 
         # one host sync for all the finiteness checks
         stats_norm = _total_norm([t for ts in batch.values() for t in ts], grad_h)
-        checks = torch.stack([h, grad_h.sum(), stats_norm])
-        h_value, grad_sum, stats_sum = checks.tolist()
+        audits = [] if data.audit is None else [data.audit.to(h.dtype)]
+        checks = torch.stack([h, grad_h.sum(), stats_norm, *audits])
+        h_value, grad_sum, stats_sum, *audit = checks.tolist()
+        if audit:
+            data.verify(audit[0])
         if not (math.isfinite(h_value) and math.isfinite(grad_sum)):
             return self._reject(h_value)
         self._k += 1
@@ -299,7 +463,7 @@ class KFAC(torch.optim.Optimizer):
             self._stats.update(**batch)
         else:
             warnings.warn(f"step {k}: non-finite curvature statistics; batch skipped", KFACWarning,
-                          stacklevel=2)
+                          stacklevel=3)
         if self._damping_bounds is None or self._lambda is None:
             top = curvature_scale(*self._kronecker_pairs(batch, kappa))  # in the loss's units
         if self._damping_bounds is None:
@@ -307,7 +471,8 @@ class KFAC(torch.optim.Optimizer):
                                     math.inf)
         if self._lambda is None:
             self._lambda = self._search_damping(top, unit, batch, kappa, grad_h, theta, calls,
-                                                inputs, targets, z, m, n2, h_value, eta, lr) / unit
+                                                inputs, targets, z, m, n2, h_value, eta,
+                                                lr if self._fixed_lr else None, w2) / unit
             self._gamma = math.sqrt(self._lambda + group["weight_decay"])
 
         refreshed = k % self.inverse_every == 0 or k <= 3 or self._inverse is None
@@ -329,11 +494,14 @@ class KFAC(torch.optim.Optimizer):
         deltas = self._proposals(ops, grad_h)
 
         lam = self._lambda
-        fixed = (lr, 0.0 if momentum is False else (None if momentum is True else momentum))
+        # lr: the fixed α, or a multiplier of the update the quadratic model chooses
+        fixed = (lr if self._fixed_lr else None,
+                 0.0 if momentum is False else (None if momentum is True else momentum))
         delta0 = self._delta0 if fixed[1] != 0.0 else None
-        if lr is None or momentum is True or self.adapt_damping:
+        if not self._fixed_lr or momentum is True or self.adapt_damping:
             best = self._quadratic_model(deltas, delta0, grad_h, calls, inputs[:n2], z, m,
-                                         lam * unit + eta, eta, fixed)
+                                         lam * unit + eta, eta, fixed,
+                                         1.0 if self._fixed_lr else lr, w2)
         else:  # plain K-FAC steps: no quadratic model needed
             best = (0, fixed[0], fixed[1], math.nan, math.nan)
             if not math.isfinite(float(deltas[0].sum())):
@@ -349,7 +517,10 @@ class KFAC(torch.optim.Optimizer):
         self._gamma = candidates[j]
 
         rho, new_theta = math.nan, None
-        if self.adapt_damping and k % self.damping_every == 0:
+        # ρ every T₁ steps, and on the early refreshes of the tied rule: a new proposal under a
+        # smaller γ is where the 2×2 model overshoots (μ ≈ 2–3 measured), so it is checked first
+        early_refresh = refreshed and not (k % self.inverse_every == 0 or k <= 3)
+        if self.adapt_damping and (k % self.damping_every == 0 or early_refresh):
             new_theta = theta + delta
             h_new = self._objective(inputs, targets, new_theta, eta)
             rho = reduction_ratio(h_new, h_value, predicted_rho)
@@ -379,6 +550,8 @@ class KFAC(torch.optim.Optimizer):
         self._layers = [b.module for b in self._blocks]
         self._layout = ParameterLayout(self._blocks)
         self._recorder = Recorder([b.module if b.recorded else None for b in self._blocks])
+        # the user's passes are recorded in registration order: their layer → block position
+        self._position = {self._registration[id(b)]: i for i, b in enumerate(self._blocks)}
         counts: dict[str, int] = {}
         self._slots = []
         for b in self._blocks:
@@ -453,29 +626,68 @@ class KFAC(torch.optim.Optimizer):
             calls = sorted(calls, key=lambda c: c.layer)
         return calls
 
-    def _gradient(self, z: Tensor, targets: Tensor, eta: float, retain_graph: bool):
-        r"""``(h, θ, ∇h)``: the objective (0-d), the flat parameters and the flat gradient.
+    def _gradient(self, z: Tensor, targets: Tensor, retain_graph: bool) -> tuple[Tensor, list[Tensor]]:
+        """``(loss, grads)``: ``loss_fn(z, targets)`` (0-d, detached) and its gradient.
 
-        :math:`h = \text{loss} + \tfrac\eta2\|\theta\|^2`, :math:`\nabla h = \nabla\text{loss} + \eta\theta`.
+        The gradient is also set as the parameters' ``.grad`` (form (a) of :meth:`step`).
         ``retain_graph`` keeps the graph for the extra backward pass.
         """
         loss = self.loss_fn(z, targets)
+        params = self._layout.trainable()
+        grads = torch.autograd.grad(loss, params, retain_graph=retain_graph)
+        for p, grad in zip(params, grads, strict=True):
+            p.grad = grad
+        return loss.detach(), list(grads)
+
+    def _batch_calls(self, data: Batch, n2: int) -> list[LayerIO]:
+        """The layer records of the batch's pass(es), in block order and the parameters' dtype.
+
+        Form (a)'s records as they are (or, from an autocast pass, the first ``n₂`` cases
+        cast); the user's passes' records of the first ``n₂`` cases of their union, checked
+        by the blocks.
+        """
+        dtype = self._layout.trainable()[0].dtype
+        if data.passes is None:
+            if data.autocast is None:
+                return data.calls
+            return merged_calls([Pass(data.inputs, data.calls)], n2, dtype)
+        calls = merged_calls(data.passes, n2, dtype)
+        for c in calls:
+            c.layer = self._position[c.layer]
+        calls = self._in_layer_order(calls)
+        for block, block_calls in zip(self._blocks, group_calls(calls, len(self._blocks)),
+                                      strict=True):
+            block.check(block_calls)
+        return calls
+
+    def _pack_gradient(self, data: Batch, eta: float) -> tuple[Tensor, Tensor, Tensor]:
+        r"""``(h, θ, ∇h)``: the objective (0-d), the flat parameters and the flat gradient.
+
+        :math:`h = \text{loss} + \tfrac\eta2\|\theta\|^2`, :math:`\nabla h = \nabla\text{loss} + \eta\theta`.
+        """
         theta = self._layout.flat_parameters()
-        grads = torch.autograd.grad(loss, self._layout.trainable(), retain_graph=retain_graph)
-        grad_h = self._layout.pack(self._layout.regroup(grads)).add_(theta, alpha=eta)
-        return loss.detach() + 0.5 * eta * (theta @ theta), theta, grad_h
+        grad_h = self._layout.pack(self._layout.regroup(data.grads)).add_(theta, alpha=eta)
+        return data.loss + 0.5 * eta * (theta @ theta), theta, grad_h
 
     def _extra_backward(self, z1: Tensor, calls: Sequence[LayerIO], targets: Tensor,
-                        n1: int) -> list[Tensor]:
-        """The output gradients of the ``S_1`` sub-batch for sampled (or data) targets."""
+                        n1: int, scale: Tensor | None = None) -> list[Tensor]:
+        """The output gradients of the ``S_1`` sub-batch for sampled (or data) targets.
+
+        ``scale``: the loss's weights of the vectors (:attr:`SubBatchWeights.outputs
+        <kronlin_nn.losses.SubBatchWeights>`).
+        """
         z1 = z1.reshape(n1, -1)
         y = flat_targets(targets, n1) if self.fisher == "empirical" else None
-        vectors = output_vectors(self._dist, z1.detach(), y, self.fisher, self._rng(z1.device))
+        vectors = output_vectors(self._dist, z1.detach(), y, self.fisher, self._rng(z1.device),
+                                 scale)
         return output_gradients(z1, [c.output() for c in calls], vectors)
 
     def _factor_estimates(self, calls: Sequence[LayerIO], g: Sequence[Tensor],
-                          n1: int) -> dict[str, list[Tensor]]:
-        """The batch's statistics from ``S_1``, by group; for ``tridiag`` the cross moments too."""
+                          n1: int, weights: Tensor | None = None) -> dict[str, list[Tensor]]:
+        """The batch's statistics from ``S_1``, by group; for ``tridiag`` the cross moments too.
+
+        ``weights``: the loss's per-case weights of the input-side expectations, or ``None``.
+        """
         batch: dict[str, list[Tensor]] = {name: [] for name in self._groups}
         grads, chain_rows = iter(g), []
         for i, (block, block_calls) in enumerate(zip(self._blocks,
@@ -483,10 +695,10 @@ class KFAC(torch.optim.Optimizer):
                                                      strict=True)):
             block_grads = [next(grads) for _ in block_calls]
             if i < self._chain:
-                chain_rows.append(block.rows(block_calls, block_grads))
+                chain_rows.append(block.rows(block_calls, block_grads, weights))
                 stats = KroneckerBlock.row_statistics(*chain_rows[-1], n1)
             else:
-                stats = block.batch_statistics(block_calls, block_grads, n1)
+                stats = block.batch_statistics(block_calls, block_grads, n1, weights)
             for name, t in zip(block.statistics, stats, strict=True):
                 batch[name].append(t)
         if self.approx == "tridiag":
@@ -527,7 +739,7 @@ class KFAC(torch.optim.Optimizer):
                     f"larger damping"
                 ) from err
             warnings.warn(f"step {self._k}: inverse refresh skipped, keeping the last good "
-                          f"inverses ({err})", KFACWarning, stacklevel=3)
+                          f"inverses ({err})", KFACWarning, stacklevel=5)
             return None, None, None
 
     def _candidates(self, blocks: Sequence[CurvatureBlock], stats: Sequence[Sequence[Tensor]],
@@ -551,14 +763,15 @@ class KFAC(torch.optim.Optimizer):
                                   others, candidates)
 
     def _quadratic_model(self, deltas, delta0, grad_h, calls, inputs2, z, m, damping, eta,
-                         fixed):
+                         fixed, scale=1.0, weights=None):
         """Pick the candidate and ``(α, μ)`` minimizing ``M``; ``None`` if non-finite.
 
         Returns ``(index, α, μ, M(δ)−M(0), M_ρ(δ)−M_ρ(0))`` where ``M_ρ`` drops λ unless
-        ``rho_includes_damping``.
+        ``rho_includes_damping``; the chosen coefficients are the minimizer's times ``scale``
+        (the lr multiplier), and the model changes are at them.
         """
         models = self._candidate_models(deltas, delta0, grad_h, calls, inputs2, z, m,
-                                        [damping] * len(deltas), eta, fixed)
+                                        [damping] * len(deltas), eta, fixed, scale, weights)
         if models is None:
             return None
         j = min(range(len(models)), key=lambda i: models[i][2])
@@ -568,16 +781,17 @@ class KFAC(torch.optim.Optimizer):
         return best
 
     def _candidate_models(self, deltas, delta0, grad_h, calls, inputs2, z, m, dampings, eta,
-                          fixed):
+                          fixed, scale=1.0, weights=None):
         """Per candidate ``Δ_j`` with damping ``λ_j + η``: ``(α, μ, M(δ)−M(0), M_ρ(δ)−M_ρ(0))``.
 
         All candidates share one batched pass of forward-mode products; ``None`` if the
-        products are not finite.
+        products are not finite. The coefficients the model chooses (those ``fixed`` leaves
+        ``None``) are ``scale`` times the minimizer's.
         """
         vectors = deltas + ([delta0] if delta0 is not None else [])
         K = len(vectors)
         V = torch.stack(vectors)
-        JF = self._fisher_gram(V, calls, inputs2, z, m)
+        JF = self._fisher_gram(V, calls, inputs2, z, m, weights)
         # P = [uᵢᵀuⱼ | uᵢᵀ∇h]: products of V with itself and with ∇h, without stacking them
         P = torch.cat([V @ V.T, (V @ grad_h)[:, None]], dim=1)
         host = torch.cat([JF.reshape(-1), P.reshape(-1)]).double().cpu().numpy()
@@ -594,13 +808,15 @@ class KFAC(torch.optim.Optimizer):
             A[:r, :r] = JF[sub] + damping * P[sub]
             A_rho[:r, :r] = JF[sub] + rho_damping * P[sub]
             c[:r] = P[idx, K]
-            x = solve_coefficients(A, c, (fixed[0], 0.0 if delta0 is None else fixed[1]),
-                                   gram_accuracy(V.dtype, V.shape[1]))
+            held = (fixed[0], 0.0 if delta0 is None else fixed[1])
+            x = solve_coefficients(A, c, held, gram_accuracy(V.dtype, V.shape[1]))
+            if scale != 1.0:  # the lr multiplier scales what the model chose, not fixed values
+                x = np.where([f is None for f in held], scale * x, x)
             models.append((x[0], x[1], model_change(A, c, x), model_change(A_rho, c, x)))
         return models
 
     def _search_damping(self, top, unit, batch, kappa, grad_h, theta, calls, inputs, targets,
-                        z, m, n2, h_value, eta, lr) -> float:
+                        z, m, n2, h_value, eta, lr, weights=None) -> float:
         r"""λ₀ in the loss's units, by a search on the first batch.
 
         Each λ of :func:`~kronlin_nn.damping.damping_grid` gets its block-diagonal proposal
@@ -621,7 +837,8 @@ class KFAC(torch.optim.Optimizer):
         lams = [lam for lam, gamma in zip(lams, gammas, strict=True) if gamma in kept]
         deltas = self._proposals(ops, grad_h)
         models = self._candidate_models(deltas, None, grad_h, calls, inputs[:n2], z, m,
-                                        [lam + eta for lam in lams], eta, (lr, 0.0))
+                                        [lam + eta for lam in lams], eta, (lr, 0.0),
+                                        weights=weights)
         if models is None:
             return lams[0]
         rhos, decreases = [], []
@@ -633,8 +850,12 @@ class KFAC(torch.optim.Optimizer):
         return lm_rest_point(lams, rhos, decreases)
 
     def _fisher_gram(self, V: Tensor, calls: Sequence[LayerIO], inputs2: Tensor, z: Tensor,
-                     m: int) -> Tensor:
-        r""":math:`[u_k^\top F u_l]` for the rows ``u_k`` of ``V``, F on the first ``n₂`` cases."""
+                     m: int, weights: Tensor | None = None) -> Tensor:
+        r""":math:`[u_k^\top F u_l]` for the rows ``u_k`` of ``V``, F on the first ``n₂`` cases.
+
+        ``weights``: the loss's weights of the output tangents (:attr:`SubBatchWeights.outputs
+        <kronlin_nn.losses.SubBatchWeights>` of the ``n₂`` cases), or ``None``.
+        """
         n2 = inputs2.shape[0]
         if self._cached_tangents:
             calls = [c.first_rows(n2) for c in calls]
@@ -642,16 +863,22 @@ class KFAC(torch.optim.Optimizer):
                                     self._layout.unstack(V))
         else:  # a block without a cached tangent forward: torch.func for the whole model
             Jt = output_jvps(self.model, inputs2, self._layout.named_tensors(V, self._names))
-        gram = self._dist.fisher_gram(z[:n2].detach().reshape(n2, -1), Jt)
+        if weights is not None:
+            Jt = Jt * weights
+        gram = self._dist.fisher_gram(z[:n2].detach().reshape(n2, -1).to(V.dtype), Jt)
         # F of the objective on S': s Σ_{n∈S'} ≈ s (m/n₂) Σ_{n∈S₂}
         return gram * (self._dist.scale(m, z[:1].numel()) * m / n2)
 
     def _objective(self, inputs: Tensor, targets: Tensor, theta: Tensor, eta: float) -> float:
-        """:math:`h` at the flat parameters ``theta`` on the whole batch (one forward pass)."""
-        with torch.no_grad():
+        """:math:`h` at the flat parameters ``theta`` on the whole batch (one forward pass).
+
+        Under the autocast of the batch's pass, so that ρ compares values of one precision.
+        """
+        with torch.no_grad(), autocast_as(self._pass_autocast, theta.device.type):
             params = self._layout.named_tensors(theta, self._names)
             z = functional_call(self.model, params, (inputs,))
-            return float(self.loss_fn(z, targets) + 0.5 * eta * (theta @ theta))
+            loss = self.loss_fn(z, targets)
+        return float(loss + 0.5 * eta * (theta @ theta))
 
     def _apply(self, delta: Tensor, new_theta: Tensor | None) -> None:
         """``θ ← θ + δ`` (copying ``new_theta`` when it was already computed for ρ)."""
@@ -701,7 +928,7 @@ class KFAC(torch.optim.Optimizer):
             self._update_lambda(math.nan)
         warnings.warn(
             f"step {self._k + (not counted)}: non-finite loss, gradient or update; step rejected, "
-            f"lambda raised to {self._lambda}", KFACWarning, stacklevel=3)
+            f"lambda raised to {self._lambda}", KFACWarning, stacklevel=4)
         return {"loss": h_value, "lambda": lam, "gamma": self._gamma, "alpha": math.nan,
                 "mu": math.nan, "rho": rho, "refreshed": refreshed, "accepted": False}
 
@@ -716,6 +943,7 @@ class KFAC(torch.optim.Optimizer):
         return _cloned({
             "version": _STATE_VERSION,
             "approx": self.approx,
+            "fixed_lr": self._fixed_lr,
             "block_order": [self._registration[id(b)] for b in self._blocks],
             "block_kinds": [b.kind for b in self._blocks],
             "ordered": self._ordered,
@@ -750,6 +978,10 @@ class KFAC(torch.optim.Optimizer):
         if state["approx"] != self.approx:
             raise ValueError(f"state_dict: saved for approx={state['approx']!r}, this optimizer "
                              f"has approx={self.approx!r}")
+        if state["fixed_lr"] != self._fixed_lr:
+            saved, mine = (("a fixed lr" if fixed else "lr=None (lr multiplies the chosen update)")
+                           for fixed in (state["fixed_lr"], self._fixed_lr))
+            raise ValueError(f"state_dict: saved by a KFAC with {saved}, this optimizer has {mine}")
         blocks = sorted(self._blocks, key=lambda b: self._registration[id(b)])
         order = state["block_order"]
         if sorted(order) != list(range(len(blocks))):

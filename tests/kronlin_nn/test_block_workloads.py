@@ -3,9 +3,7 @@
 The three are workloads of the suite (:mod:`benchmarks.workloads.workloads`), trained full-batch;
 the target is the loss of Adam after 40 iterations at the best learning rate of a grid whose best
 point is interior ("tuned"). The issue's criterion, with ``KFAC(model, loss_fn)`` defaults, is
-reaching it in at most 20 iterations. The CNN misses it by one (21 iterations, measured; no λ₀
-of a grid does better than 27), so its test is marked as expected to fail (strictly: a pass is
-reported) through ``AWAITING_DEFAULTS``. The second test sets the initial damping, and nothing
+reaching it in at most 20 iterations. The second test sets the initial damping, and nothing
 else.
 """
 
@@ -70,15 +68,9 @@ def _iterations_to_reach(workload, **config):
     return None
 
 
-# Measured with the defaults: 21 (CNN; its best λ₀ of a grid needs 27), 13 (MLP with LayerNorm)
+# Measured with the defaults: 19 (CNN; its best λ₀ of a grid needs 27), 13 (MLP with LayerNorm)
 # and 19 iterations (bag).
-AWAITING_DEFAULTS = {"cnn-digits"}
-
-
-@pytest.mark.parametrize("workload", [
-    pytest.param(w, marks=pytest.mark.xfail(strict=True, reason="awaits defaults that need no tuning "
-                                                                 "(issue 10)"))
-    if w in AWAITING_DEFAULTS else w for w in WORKLOADS])
+@pytest.mark.parametrize("workload", WORKLOADS)
 def test_defaults_reach_tuned_adams_loss_in_half_the_iterations(workload):
     reached = _iterations_to_reach(workload)
     assert reached is not None and reached <= ADAM_ITERATIONS // 2

@@ -14,103 +14,15 @@ from .helpers import (
     SkipNet,
     data,
     dense_ggn,
+    flat_gradient,
     flat_params,
     linears,
     reduction_scale,
+    set_flat_params,
     tiny_mlp,
 )
 
 SIZES = [3, 4, 5, 3]
-
-
-# -- the first steps against a dense re-implementation ---------------------------------------
-def _set_flat(model, flat):
-    offset = 0
-    with torch.no_grad():
-        for m in linears(model):
-            rows, cols = m.weight.shape[0], m.weight.shape[1] + (m.bias is not None)
-            M = flat[offset:offset + rows * cols].reshape(rows, cols)
-            offset += rows * cols
-            m.weight.copy_(M[:, : m.weight.shape[1]])
-            if m.bias is not None:
-                m.bias.copy_(M[:, -1])
-
-
-def _flat_grad(model, loss_fn, x, y, eta):
-    model.zero_grad()
-    loss_fn(model(x), y).backward()
-    grads = []
-    for m in linears(model):
-        parts = [m.weight.grad] + ([m.bias.grad[:, None]] if m.bias is not None else [])
-        grads.append(torch.cat(parts, 1).reshape(-1))
-    model.zero_grad()
-    return torch.cat(grads) + eta * flat_params(model)
-
-
-def _dense_reference(model, kind, reduction, x, y, *, steps, lam, eta, n1, n2):
-    """Block-diagonal K-FAC with exact statistics, fixed λ, γ = √(λ+η), in dense matrices."""
-    loss_fn = LOSS_CLASSES[kind](reduction=reduction)
-    m = x.shape[0]
-    D = model(x[:1]).numel()
-    kappa = reduction_scale(kind, reduction, m, D) * m
-    kappa1 = reduction_scale(kind, reduction, n1, D) * n1
-    stats, delta0, path = None, None, []
-    gamma = math.sqrt(lam + eta)
-    for k in range(1, steps + 1):
-        batch = [(A, G * kappa / kappa1) for A, G in
-                 kfac_factors(model, loss_fn, x[:n1], y[:n1], fisher="exact").values()]
-        eps = min(1 - 1 / k, 0.95)
-        stats = batch if stats is None else [
-            (eps * A0 + (1 - eps) * A1, eps * G0 + (1 - eps) * G1)
-            for (A0, G0), (A1, G1) in zip(stats, batch, strict=True)]
-        pis = [math.sqrt((A.trace() / A.shape[0]) / (G.trace() / G.shape[0])) for A, G in stats]
-        damped = [(G + gamma / pi * torch.eye(G.shape[0], dtype=G.dtype),
-                   A + gamma * pi * torch.eye(A.shape[0], dtype=A.dtype))
-                  for (A, G), pi in zip(stats, pis, strict=True)]
-        F_approx = torch.block_diag(*[torch.kron(G, A) for G, A in damped])
-        grad = _flat_grad(model, loss_fn, x, y, eta)
-        Delta = -torch.linalg.solve(F_approx, grad)
-        F = dense_ggn(model, kind, reduction, x[:n2]) * (
-            reduction_scale(kind, reduction, m, D) * m / n2
-            / reduction_scale(kind, reduction, n2, D))
-        C = F + (lam + eta) * torch.eye(F.shape[0], dtype=F.dtype)
-        if delta0 is None:
-            alpha, mu = (-(grad @ Delta) / (Delta @ C @ Delta)).item(), 0.0
-        else:
-            A2 = torch.stack([torch.stack([Delta @ C @ Delta, Delta @ C @ delta0]),
-                              torch.stack([delta0 @ C @ Delta, delta0 @ C @ delta0])])
-            c2 = torch.stack([grad @ Delta, grad @ delta0])
-            alpha, mu = (-torch.linalg.solve(A2, c2)).tolist()
-        delta = alpha * Delta + (mu * delta0 if delta0 is not None else 0)
-        _set_flat(model, flat_params(model) + delta)
-        delta0 = delta
-        path.append((flat_params(model), alpha, mu))
-    return path
-
-
-@pytest.mark.parametrize(
-    ("kind", "reduction", "fractions", "quad_min"),
-    [("ce", "mean", (1.0, 1.0), 1), ("mse", "sum", (1.0, 1.0), 1),
-     ("bce", "mean", (0.5, 0.75), 1), ("bce", "mean", (0.5, 0.25), 5)],
-)
-def test_first_steps_match_a_dense_reimplementation(kind, reduction, fractions, quad_min):
-    m = 8
-    x, y = data(kind, m, SIZES[0], SIZES[-1])
-    model = tiny_mlp(SIZES)
-    reference_model = copy.deepcopy(model)
-    lam, eta = 0.3, 1e-3
-    n1, n2 = math.ceil(fractions[0] * m), max(math.ceil(fractions[1] * m), quad_min)
-    opt = KFAC(model, LOSS_CLASSES[kind](reduction=reduction), fisher="exact", damping=lam,
-               adapt_damping=False, weight_decay=eta, stats_fraction=fractions[0],
-               quad_fraction=fractions[1], quad_min_cases=quad_min)
-    path = _dense_reference(reference_model, kind, reduction, x, y, steps=3, lam=lam, eta=eta,
-                            n1=n1, n2=n2)
-    for theta, alpha, mu in path:
-        stats = opt.step(x, y)
-        assert stats["accepted"] and stats["refreshed"]
-        assert math.isclose(stats["alpha"], alpha, rel_tol=1e-8)
-        assert math.isclose(stats["mu"], mu, rel_tol=1e-8, abs_tol=1e-12)
-        torch.testing.assert_close(flat_params(model), theta, rtol=1e-9, atol=1e-12)
 
 
 # -- Theorem 1: invariance to affine reparameterizations ---------------------------------------
@@ -405,7 +317,7 @@ def _dense_model_change(model, delta0, x, y, gamma, lam):
     pi = math.sqrt((A.trace() / A.shape[0]) / (G.trace() / G.shape[0]))
     F_gamma = torch.kron(G + gamma / pi * torch.eye(5, dtype=A.dtype),
                          A + gamma * pi * torch.eye(9, dtype=A.dtype))
-    grad = _flat_grad(model, loss_fn, x, y, 0.0)
+    grad = flat_gradient(model, loss_fn, x, y, 0.0)
     Delta = -torch.linalg.solve(F_gamma, grad)
     C = dense_ggn(model, "mse", "sum", x) + lam * torch.eye(45, dtype=A.dtype)
     U = torch.stack([Delta, delta0], 1)
@@ -552,7 +464,7 @@ def test_cuda_training_and_resume(approx):
 def _dense_search_rhos(model, loss_fn, kind, x, y, lams):
     """ρ and the decrease of h of the first block-diagonal step for each λ, densely."""
     factors = list(kfac_factors(model, loss_fn, x, y, fisher="exact").values())
-    grad = _flat_grad(model, loss_fn, x, y, 0.0)
+    grad = flat_gradient(model, loss_fn, x, y, 0.0)
     with torch.no_grad():
         h = loss_fn(model(x), y).item()
     F = dense_ggn(model, kind, "mean", x)
@@ -568,7 +480,7 @@ def _dense_search_rhos(model, loss_fn, kind, x, y, lams):
         alpha = -(grad @ Delta) / (Delta @ F @ Delta + lam * Delta @ Delta)
         predicted = 0.5 * alpha * (grad @ Delta)
         twin = copy.deepcopy(model)
-        _set_flat(twin, theta + alpha * Delta)
+        set_flat_params(twin, theta + alpha * Delta)
         with torch.no_grad():
             h_new = loss_fn(twin(x), y).item()
         rhos.append(-math.inf if h_new > h else (h_new - h) / predicted.item())

@@ -9,6 +9,7 @@ import kronlin_nn.optimizer as optimizer_module
 from kronlin_nn import KFAC, kfac_factors
 from kronlin_nn.curvature import FactorError, KFACWarning
 
+from ..kronlin.helpers import assert_close
 from .helpers import (
     LOSS_CLASSES,
     SkipNet,
@@ -376,7 +377,10 @@ def test_default_damping_works_out_of_the_box_for_an_autoencoder():
     opt = KFAC(model, nn.BCEWithLogitsLoss(), approx="tridiag", seed=0)
     history = [opt.step(X, X) for _ in range(30)]
     assert all(s["accepted"] for s in history)
-    assert history[0]["lambda"] > 0 and history[0]["gamma"] == math.sqrt(history[0]["lambda"])
+    # λ₀ strictly inside the search's grid [10⁻⁸ λ_top, λ_top]: the search chose it
+    top = opt.state_dict()["damping_bounds"][0] / (100 * torch.finfo(torch.float32).eps)
+    assert 1e-8 * top * 1.001 < history[0]["lambda"] < top * 0.999
+    assert history[0]["gamma"] == math.sqrt(history[0]["lambda"])
     losses = [s["loss"] for s in history]
     assert losses[-1] < 0.65 * losses[0]
     assert sum(b > a for a, b in zip(losses, losses[1:], strict=False)) <= 2  # nearly monotone
@@ -410,20 +414,27 @@ def test_tridiag_needs_a_chain():
 
 
 def test_fixed_step_sizes_and_param_group_lr():
+    """Fixed α and μ as given, scheduled through the param group (the quadratic model's choice of
+    the free one is checked against the dense reference, test_optimizer_reference.py)."""
     model, loss_fn, x, y = _small_problem("mse")
     opt = KFAC(model, loss_fn, lr=0.1, momentum=0.5, damping=1.0, adapt_damping=False, seed=0)
     first = opt.step(x, y)
     assert first["alpha"] == 0.1 and first["mu"] == 0.5 and math.isnan(first["rho"])
     opt.param_groups[0]["lr"] = 0.05  # schedulers write here
-    assert opt.step(x, y)["alpha"] == 0.05
-    opt = KFAC(model, loss_fn, lr=0.1, momentum=True, damping=1.0, seed=0)
-    opt.step(x, y)
+    opt.param_groups[0]["momentum"] = 0.25
     second = opt.step(x, y)
-    assert second["alpha"] == 0.1 and second["mu"] != 0.0  # μ from the quadratic model
+    assert second["alpha"] == 0.05 and second["mu"] == 0.25
 
 
-def test_float32_training_and_module_order():
-    """Layers registered out of forward order; float32; statistics on a 1/4 sub-batch."""
+def test_float32_training_tracks_float64_and_module_order():
+    """Layers registered out of forward order, statistics on a 1/4 sub-batch: a float32 run
+    follows the float64 run of the same network to rounding (exact statistics: no sampling).
+
+    Bounds in units of u₃₂: the loss is a sum of 64 cases' terms (≤ 67 roundings; 2 seen); the
+    parameters after 10 steps carry each step's α and μ from a 2×2 model whose entries are
+    float32 inner products of P = 51 entries, √P·u each, amplified by the model's condition
+    (1000 u; 30 seen); λ₀ is interpolated from a 20-step power iteration (200 u; 38 seen).
+    """
     class Reordered(nn.Module):
         def __init__(self):
             super().__init__()
@@ -432,12 +443,53 @@ def test_float32_training_and_module_order():
         def forward(self, x):
             return self.out(torch.tanh(self.inp(x)))
 
-    x, y = data("ce", 64, 4, 3, dtype=torch.float32)
-    model = Reordered()
-    opt = KFAC(model, nn.CrossEntropyLoss(), approx="tridiag", stats_fraction=0.25, seed=0)
-    losses = [opt.step(x, y)["loss"] for _ in range(10)]
-    assert losses[-1] < losses[0]
-    assert opt._layers == [model.inp, model.out]
+    x, y = data("ce", 64, 4, 3)
+    torch.manual_seed(0)
+    model = Reordered().double()
+    models = {"float64": model, "float32": copy.deepcopy(model).float()}
+    runs = {}
+    for dtype, net in models.items():
+        opt = KFAC(net, nn.CrossEntropyLoss(), approx="tridiag", stats_fraction=0.25,
+                   fisher="exact", seed=0)
+        runs[dtype] = [opt.step(x.to(getattr(torch, dtype)), y) for _ in range(10)]
+        assert opt._layers == [net.inp, net.out]
+    for single, double in zip(runs["float32"], runs["float64"], strict=True):
+        assert_close(single["loss"], double["loss"], dtype="float32", bound=67, label="KFAC loss")
+    assert_close(runs["float32"][0]["lambda"], runs["float64"][0]["lambda"], dtype="float32",
+                 bound=200, label="KFAC λ₀")
+    assert_close(torch.cat([p.detach().reshape(-1) for p in models["float32"].parameters()]),
+                 torch.cat([p.detach().reshape(-1) for p in models["float64"].parameters()]),
+                 dtype="float32", bound=1000, label="KFAC parameters after 10 steps")
+
+
+def _least_squares():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 6, generator=g, dtype=torch.float64)
+    y = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    torch.manual_seed(0)
+    return nn.Linear(6, 3).double(), x, y
+
+
+@pytest.mark.parametrize("bounds", [None, (0.0, math.inf)])
+def test_default_gamma_bounds_stop_the_greedy_search_at_sqrt_eta(bounds):
+    """λ = 0 on least squares: a smaller γ models better at every step, so the greedy search
+    walks γ down by ω₂ = √0.95 per step unless the default bounds (√η, ∞) hold it at √η."""
+    eta = 1e-2
+    model, x, y = _least_squares()
+    opt = KFAC(model, nn.MSELoss(), fisher="exact", stats_fraction=1.0, damping=0.0,
+               weight_decay=eta, gamma_rule="greedy", gamma_every=1, inverse_every=1,
+               gamma_bounds=bounds, seed=0)
+    ratios = [opt.step(x, y)["gamma"] / math.sqrt(eta) for _ in range(4)]
+    expected = [1.0] * 4 if bounds is None else [0.95 ** (k / 2) for k in range(1, 5)]
+    assert ratios == pytest.approx(expected, rel=1e-14)
+
+
+def test_gamma_bounds_clamp_the_tied_gamma():
+    model, x, y = _least_squares()
+    for damping, gamma in ((1.0, 0.5), (1e-4, 0.1)):  # √(λ+η) = 1 and 0.01
+        opt = KFAC(copy.deepcopy(model), nn.MSELoss(), damping=damping, gamma_bounds=(0.1, 0.5),
+                   seed=0)
+        assert opt.step(x, y)["gamma"] == gamma
 
 
 # -- CUDA ----------------------------------------------------------------------------------------

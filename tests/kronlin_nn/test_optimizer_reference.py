@@ -110,13 +110,25 @@ def _reference(model, cfg, x, y, multipliers):
         Delta = -F_inv @ grad
         F = dense_ggn(model, kind, reduction, x[:n2]) * fisher_scale
         eye = torch.eye(F.shape[0], dtype=F.dtype)
-        U = torch.stack([Delta] + ([delta0] if delta0 is not None else []), 1)
+        # (α, μ): the free ones minimize M (times the lr multiplier), the others are held
+        momentum, fixed_lr = cfg["momentum"], cfg["lr"] is not None
+        use0 = delta0 is not None and momentum is not False
+        U = torch.stack([Delta] + ([delta0] if use0 else []), 1)
+        held = [multiplier if fixed_lr else None] + ([None if momentum is True else momentum]
+                                                     if use0 else [])
         C, C_rho = F + (lam + eta) * eye, F + ((lam if cfg["rho_damping"] else 0.0) + eta) * eye
-        c = U.T @ grad
-        coeffs = multiplier * -torch.linalg.solve(U.T @ C @ U, c)
+        C2, c = U.T @ C @ U, U.T @ grad
+        coeffs = torch.tensor([0.0 if v is None else v for v in held], dtype=F.dtype)
+        free = [i for i, v in enumerate(held) if v is None]
+        rest = [i for i, v in enumerate(held) if v is not None]
+        if free:
+            rhs = -(c[free] + C2[free][:, rest] @ coeffs[rest])
+            coeffs[free] = torch.linalg.solve(C2[free][:, free], rhs) * (1.0 if fixed_lr else multiplier)
         predicted = (0.5 * coeffs @ (U.T @ C_rho @ U) @ coeffs + c @ coeffs).item()
         delta = U @ coeffs
-        alpha, mu = coeffs[0].item(), (coeffs[1].item() if delta0 is not None else 0.0)
+        alpha, mu = coeffs[0].item(), (coeffs[1].item() if use0 else 0.0)
+        if not free and not adapt and momentum is not True:
+            mu = float(momentum)  # plain K-FAC steps report the fixed μ, δ₀ or not
         rho, accepted, lam_used = math.nan, True, lam
         early = refreshed and not (k % T3 == 0 or k <= 3)
         if adapt and (k % T1 == 0 or early):
@@ -136,7 +148,7 @@ def _reference(model, cfg, x, y, multipliers):
     return out
 
 
-BASE = dict(kind="mse", reduction="mean", tau1=1.0, tau2=1.0, quad_min=1, fisher="exact",
+BASE = dict(lr=None, momentum=True, kind="mse", reduction="mean", tau1=1.0, tau2=1.0, quad_min=1, fisher="exact",
             pi="trace", bias=True, lam=0.3, eta=1e-3, adapt=False, damping_every=5,
             inverse_every=20, lm_streak=3, rho_damping=True, seed=4)
 CASES = {
@@ -153,6 +165,13 @@ CASES = {
     "pi-one": dict(kind="ce", pi="one", tau1=0.5),
     "no-bias": dict(bias=False, reduction="sum", tau1=0.5, tau2=0.5),
     "mixed-bias": dict(bias=(True, False, True), kind="ce"),
+    # fixed α and μ (lr=float and momentum=float): the model chooses the other, or none
+    "fixed-lr": dict(lr=0.4, kind="ce", tau1=0.5),
+    "fixed-lr-and-momentum": dict(lr=0.4, momentum=0.5, reduction="sum", tau2=0.5),
+    "fixed-momentum": dict(momentum=0.5, kind="bce", tau2=0.5),
+    "no-momentum": dict(momentum=False, reduction="sum", tau1=0.5, tau2=0.5),
+    "fixed-lr-adaptive": dict(lr=0.4, momentum=False, adapt=True, damping_every=2, lam=1.0,
+                              reduction="sum"),
     # adaptive λ: ρ, the LM rule and the tied γ; "thresholds" runs reach ρ < 1/4, ρ in
     # (1/4, 1/2), in (1/2, 3/4) and > 3/4 (checked), so moving either threshold changes λ
     "adaptive-mse-sum": dict(adapt=True, damping_every=1, reduction="sum", tau1=0.5, tau2=0.5,
@@ -182,8 +201,11 @@ def test_iteration_matches_the_dense_reference(case):
     model = tiny_mlp(SIZES, bias=cfg["bias"])
     steps = len(MULTIPLIERS) if cfg["adapt"] else 4
     multipliers = MULTIPLIERS[:steps] if cfg["adapt"] else [1.0] * steps
+    if cfg["lr"] is not None:  # the fixed α, scheduled through the param group
+        multipliers = [cfg["lr"] * f for f in multipliers]
     expected = _reference(copy.deepcopy(model), cfg, x, y, multipliers)
-    opt = KFAC(model, LOSS_CLASSES[cfg["kind"]](reduction=cfg["reduction"]), fisher=cfg["fisher"],
+    opt = KFAC(model, LOSS_CLASSES[cfg["kind"]](reduction=cfg["reduction"]), lr=cfg["lr"],
+               momentum=cfg["momentum"], fisher=cfg["fisher"],
                damping=cfg["lam"], adapt_damping=cfg["adapt"], weight_decay=cfg["eta"],
                stats_fraction=cfg["tau1"], quad_fraction=cfg["tau2"],
                quad_min_cases=cfg["quad_min"], pi=cfg["pi"], damping_every=cfg["damping_every"],

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -62,9 +64,21 @@ def test_sampled_targets_have_fisher_moments(kind):
     z_rep = z[:2].repeat(reps, 1)
     g = dist.output_grad(z_rep, dist.sample_targets(z_rep, torch.Generator().manual_seed(1)))
     g = g.reshape(reps, 2, D)
-    torch.testing.assert_close(g.mean(0), torch.zeros(2, D, dtype=torch.float64), atol=0.03, rtol=0)
-    second = torch.einsum("rni,rnj->nij", g, g) / reps
-    torch.testing.assert_close(second, dense_fisher(kind, z[:2]), atol=0.04, rtol=0)
+    _assert_within_standard_errors(g, torch.zeros(2, D, dtype=torch.float64))
+    _assert_within_standard_errors(torch.einsum("rni,rnj->rnij", g, g), dense_fisher(kind, z[:2]))
+
+
+def _assert_within_standard_errors(samples, expected, k=5.0):
+    """Each sample mean within ``k`` standard errors of its expectation (entrywise).
+
+    ``k = 5``: a correct estimator fails an entry with probability < 1e-6 (the seeds are fixed,
+    so it either always passes or never). The standard errors here are 0.001–0.005, against
+    entries of F_R from 0.025 to 2: a wrong moment of that size cannot hide.
+    """
+    mean = samples.mean(0)
+    se = samples.std(0) / math.sqrt(samples.shape[0])
+    bound = k * se + 1e-12 * expected.abs().max()  # zero-variance entries: exact up to rounding
+    assert ((mean - expected).abs() <= bound).all(), ((mean - expected).abs() / se).max()
 
 
 def test_probability_targets_for_cross_entropy():

@@ -72,7 +72,8 @@ def main() -> int:
     parser.add_argument("--load", default="?")
     parser.add_argument("--equivalent", type=Path, required=True)
     args = parser.parse_args()
-    rules = tomllib.loads(args.equivalent.read_text())["equivalent"] if args.equivalent.exists() else []
+    rules = (tomllib.loads(args.equivalent.read_text()).get("equivalent", [])
+             if args.equivalent.exists() else [])
     if not isinstance(rules, list):
         rules = []
 

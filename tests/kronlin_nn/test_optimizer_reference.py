@@ -90,7 +90,7 @@ def _reference(model, cfg, x, y, multipliers):
         batch = [(A, G * kappa / kappa1) for A, G in
                  kfac_factors(model, loss_fn, x[:n1], y[:n1], fisher=cfg["fisher"],
                               generator=generator).values()]
-        eps = min(1 - 1 / k, 0.95)
+        eps = min(1 - 1 / k, cfg["ema_max"])
         stats = batch if stats is None else [
             (eps * A0 + (1 - eps) * A1, eps * G0 + (1 - eps) * G1)
             for (A0, G0), (A1, G1) in zip(stats, batch, strict=True)]
@@ -150,7 +150,7 @@ def _reference(model, cfg, x, y, multipliers):
 
 BASE = dict(lr=None, momentum=True, kind="mse", reduction="mean", tau1=1.0, tau2=1.0, quad_min=1, fisher="exact",
             pi="trace", bias=True, lam=0.3, eta=1e-3, adapt=False, damping_every=5,
-            inverse_every=20, lm_streak=3, rho_damping=True, seed=4)
+            inverse_every=20, lm_streak=3, rho_damping=True, seed=4, ema_max=0.95)
 CASES = {
     # fixed λ: the scaling of the statistics and of the quadratic model
     "ce-mean": dict(kind="ce"),
@@ -165,6 +165,7 @@ CASES = {
     "pi-one": dict(kind="ce", pi="one", tau1=0.5),
     "no-bias": dict(bias=False, reduction="sum", tau1=0.5, tau2=0.5),
     "mixed-bias": dict(bias=(True, False, True), kind="ce"),
+    "ema-max": dict(ema_max=0.5, tau1=0.5, inverse_every=4),  # ε₃ = 2/3 capped, refreshed at 4
     # fixed α and μ (lr=float and momentum=float): the model chooses the other, or none
     "fixed-lr": dict(lr=0.4, kind="ce", tau1=0.5),
     "fixed-lr-and-momentum": dict(lr=0.4, momentum=0.5, reduction="sum", tau2=0.5),
@@ -211,7 +212,7 @@ def test_iteration_matches_the_dense_reference(case):
                quad_min_cases=cfg["quad_min"], pi=cfg["pi"], damping_every=cfg["damping_every"],
                inverse_every=cfg["inverse_every"], lm_streak=cfg["lm_streak"],
                rho_includes_damping=cfg["rho_damping"], damping_bounds=cfg.get("damping_bounds"),
-               seed=cfg["seed"])
+               ema_max=cfg["ema_max"], seed=cfg["seed"])
     for k, (multiplier, want) in enumerate(zip(multipliers, expected, strict=True), start=1):
         opt.param_groups[0]["lr"] = multiplier
         got = opt.step(x, y)

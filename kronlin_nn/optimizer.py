@@ -463,7 +463,7 @@ class KFAC(torch.optim.Optimizer):
             self._stats.update(**batch)
         else:
             warnings.warn(f"step {k}: non-finite curvature statistics; batch skipped", KFACWarning,
-                          stacklevel=3)
+                          stacklevel=5)
         if self._damping_bounds is None or self._lambda is None:
             top = curvature_scale(*self._kronecker_pairs(batch, kappa))  # in the loss's units
         if self._damping_bounds is None:
@@ -739,7 +739,7 @@ class KFAC(torch.optim.Optimizer):
                     f"larger damping"
                 ) from err
             warnings.warn(f"step {self._k}: inverse refresh skipped, keeping the last good "
-                          f"inverses ({err})", KFACWarning, stacklevel=5)
+                          f"inverses ({err})", KFACWarning, stacklevel=7)
             return None, None, None
 
     def _candidates(self, blocks: Sequence[CurvatureBlock], stats: Sequence[Sequence[Tensor]],
@@ -928,7 +928,7 @@ class KFAC(torch.optim.Optimizer):
             self._update_lambda(math.nan)
         warnings.warn(
             f"step {self._k + (not counted)}: non-finite loss, gradient or update; step rejected, "
-            f"lambda raised to {self._lambda}", KFACWarning, stacklevel=4)
+            f"lambda raised to {self._lambda}", KFACWarning, stacklevel=6)
         return {"loss": h_value, "lambda": lam, "gamma": self._gamma, "alpha": math.nan,
                 "mu": math.nan, "rho": rho, "refreshed": refreshed, "accepted": False}
 

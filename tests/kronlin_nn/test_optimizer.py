@@ -152,9 +152,16 @@ def test_non_finite_loss_rejects_the_step():
     params, stats, lam = flat_params(model), _statistics(opt), opt.state_dict()["lambda"]
     bad = x.clone()
     bad[3, 1] = math.nan
-    with pytest.warns(KFACWarning, match="rejected"):
+    gamma = opt.state_dict()["gamma"]
+    with pytest.warns(KFACWarning) as caught:
         out = opt.step(bad, y)
-    assert not out["accepted"] and math.isnan(out["alpha"])
+    (warning,) = caught
+    assert str(warning.message) == (f"step 2: non-finite loss, gradient or update; step "
+                                    f"rejected, lambda raised to {lam / 0.95**5}")
+    assert warning.filename == __file__  # reported at the caller's opt.step
+    assert math.isnan(out.pop("loss")) and math.isnan(out.pop("alpha"))
+    assert math.isnan(out.pop("mu")) and math.isnan(out.pop("rho"))
+    assert out == {"lambda": lam, "gamma": gamma, "refreshed": False, "accepted": False}
     assert torch.equal(flat_params(model), params)  # parameters untouched
     after = _statistics(opt)
     assert after["count"] == stats["count"] == 1
@@ -190,8 +197,9 @@ def test_bad_factors_skip_the_refresh_and_keep_the_last_inverses(approx, corrupt
         A.sub_(10 * torch.eye(A.shape[0], dtype=A.dtype) * A.diagonal().max())
     opt.inverse_every = 4  # step 4 refreshes
     params = flat_params(model)
-    with pytest.warns(KFACWarning, match="refresh skipped"):
+    with pytest.warns(KFACWarning, match="refresh skipped") as caught:
         out = opt.step(x, y)
+    assert [w.filename for w in caught] == [__file__]  # reported at the caller's opt.step
     assert out["accepted"] and not out["refreshed"]
     assert opt._inverse is inverse
     assert not torch.equal(flat_params(model), params)
@@ -213,8 +221,10 @@ def test_non_finite_batch_statistics_are_skipped(monkeypatch):
     real = optimizer_module.output_vectors
     monkeypatch.setattr(optimizer_module, "output_vectors",
                         lambda *a, **k: real(*a, **k) * math.nan)
-    with pytest.warns(KFACWarning, match="non-finite curvature statistics"):
+    with pytest.warns(KFACWarning, match="step 2: non-finite curvature statistics; batch "
+                      "skipped") as caught:
         assert opt.step(x, y)["accepted"]
+    assert [w.filename for w in caught] == [__file__]
     after = _statistics(opt)
     assert after["count"] == 1 and torch.equal(after["G"][0], stats["G"][0])
 

@@ -116,3 +116,13 @@ def test_blockdiag_drops_only_the_failing_candidates():
         warnings.simplefilter("error")
         ops, kept = blockdiag_inverses(A, G, pis, [1e-6, 10.0])
     assert kept == [10.0] and len(ops) == 1
+
+
+def test_the_float64_retry_warning_names_the_factor():
+    """blockdiag_inverses labels each block by its position: the warning says which factor."""
+    A = [torch.eye(2, dtype=torch.float32), torch.ones(2, 2, dtype=torch.float32)]
+    G = [torch.eye(2, dtype=torch.float32)] * 2
+    pis = [torch.tensor(1.0)] * 2
+    with pytest.warns(KFACWarning) as caught:
+        blockdiag_inverses(A, G, pis, [1e-9])  # 1 + 1e-9 rounds to 1 in float32: singular
+    assert [str(w.message) for w in caught] == ["A[1]: float32 Cholesky failed; retried in float64"]

@@ -62,6 +62,15 @@ def test_pi_minimises_the_residual_bound(kind, norm):
         assert residual == pytest.approx(bound(math.log(pi.item())), rel=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["trace", "frobenius"])
+def test_pi_of_a_diagonal_factor_is_that_of_its_matrix(kind):
+    """A vector stands for its diagonal matrix (an embedding's one-hot covariance)."""
+    d, G = torch.rand(5, generator=torch.Generator().manual_seed(2), dtype=torch.float64), _spd(3, 1)
+    (from_vector,) = pi_scales([d], [G], kind)
+    (from_matrix,) = pi_scales([torch.diag(d)], [G], kind)
+    assert from_vector.item() == pytest.approx(from_matrix.item(), rel=1e-15)
+
+
 def test_pi_falls_back_to_one_for_zero_factors():
     A = torch.zeros(3, 3)
     (pi,) = pi_scales([A], [torch.eye(2)])

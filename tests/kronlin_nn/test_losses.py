@@ -81,6 +81,27 @@ def _assert_within_standard_errors(samples, expected, k=5.0):
     assert ((mean - expected).abs() <= bound).all(), ((mean - expected).abs() / se).max()
 
 
+def _draws(kind, z, seed):
+    """The documented sampling rule of each distribution, from the same generator's draws."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "mse":  # z + ε/√2, ε ~ N(0, I)
+        return z + torch.randn(z.shape, generator=g, dtype=z.dtype) / math.sqrt(2)
+    u = torch.rand(z.shape, generator=g, dtype=z.dtype)
+    if kind == "bce":  # u < σ(z), u ~ U(0, 1)
+        return (u < torch.sigmoid(z)).to(z.dtype)
+    return torch.argmax(z - torch.log(-torch.log(u)), dim=1)  # Gumbel-max
+
+
+@pytest.mark.parametrize("kind", LOSSES)
+def test_sampled_targets_follow_the_documented_rule_in_the_outputs_dtype(kind):
+    """The moments above cannot see a sign flip of symmetric noise or draws in another dtype."""
+    loss_fn, z, _ = make(kind)
+    y = predictive_distribution(loss_fn).sample_targets(z, torch.Generator().manual_seed(5))
+    expected = _draws(kind, z, 5)
+    assert y.dtype == expected.dtype
+    torch.testing.assert_close(y, expected, rtol=1e-15, atol=1e-15)  # float32 draws: 1e-8
+
+
 def test_probability_targets_for_cross_entropy():
     loss_fn, z, y = make("ce")
     probs = nn.functional.one_hot(y, D).double()

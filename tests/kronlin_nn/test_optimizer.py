@@ -162,6 +162,7 @@ def test_non_finite_loss_rejects_the_step():
     assert math.isnan(out.pop("loss")) and math.isnan(out.pop("alpha"))
     assert math.isnan(out.pop("mu")) and math.isnan(out.pop("rho"))
     assert out == {"lambda": lam, "gamma": gamma, "refreshed": False, "accepted": False}
+    assert opt.state_dict()["rejected"] == 1
     assert torch.equal(flat_params(model), params)  # parameters untouched
     after = _statistics(opt)
     assert after["count"] == stats["count"] == 1

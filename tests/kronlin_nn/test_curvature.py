@@ -126,3 +126,17 @@ def test_the_float64_retry_warning_names_the_factor():
     with pytest.warns(KFACWarning) as caught:
         blockdiag_inverses(A, G, pis, [1e-9])  # 1 + 1e-9 rounds to 1 in float32: singular
     assert [str(w.message) for w in caught] == ["A[1]: float32 Cholesky failed; retried in float64"]
+
+
+def test_diagonal_candidates_keep_only_positive_finite_damped_diagonals():
+    """diag(D + γ²)⁻¹ exists where every entry of D + γ² is positive and finite."""
+    from kronlin_nn.curvature import diagonal_candidates
+
+    D = torch.tensor([0.0, 2.0, 3.0], dtype=torch.float64)
+    gammas = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    found = diagonal_candidates(D, gammas)
+    assert found.ok.tolist() == [False, True]  # γ = 0 leaves a zero entry
+    torch.testing.assert_close(found.build(1).to_dense(), torch.diag(1 / (D + 0.25)),
+                               rtol=2.0**-52, atol=0)
+    assert diagonal_candidates(torch.tensor([1.0, math.inf], dtype=torch.float64),
+                               gammas).ok.tolist() == [False, False]

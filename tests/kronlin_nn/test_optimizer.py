@@ -417,6 +417,18 @@ def test_configuration_errors_name_the_keyword(kwargs, match):
         KFAC(tiny_mlp(SIZES), nn.MSELoss(), **kwargs)
 
 
+def test_seed_none_draws_the_sampling_seed_from_torchs_global_generator():
+    x, y = data("mse", 16, SIZES[0], SIZES[-1])
+    runs = []
+    for global_seed in (3, 3, 4):
+        model = tiny_mlp(SIZES)  # (seeds the global generator itself)
+        torch.manual_seed(global_seed)
+        opt = KFAC(model, nn.MSELoss(), damping=1.0, seed=None)
+        runs.append((opt.state_dict()["seed"], opt.step(x, y)["alpha"]))
+    assert runs[0] == runs[1] and runs[2][0] != runs[0][0]
+    assert runs[2][1] != runs[0][1]  # other sampled targets, another step
+
+
 def test_tridiag_needs_a_chain():
     x, y = data("mse", 8, 3, 3, dtype=torch.float32)
     with pytest.raises(ValueError, match="chain"):

@@ -4,8 +4,9 @@ The reference computes, in dense float64 matrices: the block-diagonal approximat
 the statistics of the first n₁ cases (scaled from S₁ up to the batch), the damped inverse with
 the factored-Tikhonov split π, the exact Fisher of the first n₂ cases scaled up to the batch,
 (α, μ) from the 2×2 quadratic model, h with η/2‖θ‖², ρ, the Levenberg–Marquardt rule with its
-thresholds 1/4 and 3/4 and its streak, the tied γ with its early refreshes, and the rejection
-of uphill updates. Every quantity the optimizer reports is compared on every step.
+thresholds 1/4 and 3/4 and its streak, the tied γ with its early refreshes, the rejection of
+uphill updates and the ρ check of a decrease promised beyond h. Every quantity the optimizer
+reports is compared on every step.
 
 The cases cover both reductions (with ``"sum"`` the scaling from S₁ and S₂ up to the batch is
 not 1), fractions τ₁, τ₂ < 1, every Fisher type, every π, layers without bias, damping bounds
@@ -131,7 +132,9 @@ def _reference(model, cfg, x, y, multipliers):
             mu = float(momentum)  # plain K-FAC steps report the fixed μ, δ₀ or not
         rho, accepted, lam_used = math.nan, True, lam
         early = refreshed and not (k % T3 == 0 or k <= 3)
-        if adapt and (k % T1 == 0 or early):
+        # reject_uphill (default): a promised decrease larger than h ≥ 0 gets a ρ check too
+        implausible = -(0.5 * coeffs @ C2 @ coeffs + c @ coeffs).item() > h
+        if adapt and (k % T1 == 0 or early or implausible):
             twin = copy.deepcopy(model)
             set_flat_params(twin, theta + delta)
             h_new = _objective(twin, loss_fn, x, y, eta)[0]

@@ -221,8 +221,10 @@ def test_iteration_matches_the_dense_reference(case):
         got = opt.step(x, y)
         for key in ("refreshed", "accepted"):
             assert got[key] == want[key], (k, key)
+        # float64 throughout; the largest relative difference seen is 5e-12 (ρ, a ratio of
+        # differences of h), 100 times below this tolerance
         for key in ("loss", "lambda", "gamma", "alpha", "mu", "rho"):
-            assert got[key] == pytest.approx(want[key], rel=1e-8, abs=1e-12, nan_ok=True), (k, key)
+            assert got[key] == pytest.approx(want[key], rel=5e-10, abs=1e-14, nan_ok=True), (k, key)
     if cfg.get("thresholds"):
         rhos = [s["rho"] for s in expected]
         for lo, hi in ((-math.inf, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, math.inf)):

@@ -13,6 +13,7 @@ from ..kronlin.helpers import assert_close
 from .helpers import (
     LOSS_CLASSES,
     SkipNet,
+    assert_warned_here,
     data,
     dense_ggn,
     flat_gradient,
@@ -158,7 +159,7 @@ def test_non_finite_loss_rejects_the_step():
     (warning,) = caught
     assert str(warning.message) == (f"step 2: non-finite loss, gradient or update; step "
                                     f"rejected, lambda raised to {lam / 0.95**5}")
-    assert warning.filename == __file__  # reported at the caller's opt.step
+    assert_warned_here(caught, __file__)
     assert math.isnan(out.pop("loss")) and math.isnan(out.pop("alpha"))
     assert math.isnan(out.pop("mu")) and math.isnan(out.pop("rho"))
     assert out == {"lambda": lam, "gamma": gamma, "refreshed": False, "accepted": False}
@@ -200,7 +201,7 @@ def test_bad_factors_skip_the_refresh_and_keep_the_last_inverses(approx, corrupt
     params = flat_params(model)
     with pytest.warns(KFACWarning, match="refresh skipped") as caught:
         out = opt.step(x, y)
-    assert [w.filename for w in caught] == [__file__]  # reported at the caller's opt.step
+    assert_warned_here(caught, __file__)
     assert out["accepted"] and not out["refreshed"]
     assert opt._inverse is inverse
     assert not torch.equal(flat_params(model), params)
@@ -225,7 +226,7 @@ def test_non_finite_batch_statistics_are_skipped(monkeypatch):
     with pytest.warns(KFACWarning, match="step 2: non-finite curvature statistics; batch "
                       "skipped") as caught:
         assert opt.step(x, y)["accepted"]
-    assert [w.filename for w in caught] == [__file__]
+    assert_warned_here(caught, __file__)
     after = _statistics(opt)
     assert after["count"] == 1 and torch.equal(after["G"][0], stats["G"][0])
 

@@ -143,6 +143,7 @@ OPTIONS = {
     "ce-ignore-7": ("ce", dict(ignore_index=7)),
     "ce-weight": ("ce", dict(weight=CLASS_WEIGHT)),
     "ce-smoothing": ("ce", dict(label_smoothing=0.2)),
+    "ce-smoothing-whole": ("ce", dict(label_smoothing=1.0)),  # uniform targets: the edge case
     "ce-weight-smoothing-ignore": ("ce", dict(weight=CLASS_WEIGHT, label_smoothing=0.3)),
     "ce-probabilities": ("ce-probs", dict(weight=CLASS_WEIGHT, label_smoothing=0.1)),
     "bce-weight": ("bce", dict(weight=OUTPUT_WEIGHT)),

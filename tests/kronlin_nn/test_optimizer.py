@@ -164,12 +164,15 @@ def test_non_finite_loss_rejects_the_step():
     assert math.isnan(out.pop("mu")) and math.isnan(out.pop("rho"))
     assert out == {"lambda": lam, "gamma": gamma, "refreshed": False, "accepted": False}
     assert opt.state_dict()["rejected"] == 1
+    with pytest.warns(KFACWarning, match="step 2: non-finite"):
+        opt.step(bad, y)
+    assert opt.state_dict()["rejected"] == 2
     assert torch.equal(flat_params(model), params)  # parameters untouched
     after = _statistics(opt)
     assert after["count"] == stats["count"] == 1
     assert all(torch.equal(a, b) for a, b in zip(after["A"] + after["G"], stats["A"] + stats["G"],
                                                  strict=True))
-    assert math.isclose(opt.state_dict()["lambda"], lam / 0.95**5)  # λ raised
+    assert math.isclose(opt.state_dict()["lambda"], lam / 0.95**15)  # raised twice: ω₁, ω₁² (streak)
     assert opt.iteration == 1
     assert opt.step(x, y)["accepted"]  # and training goes on
 
@@ -266,6 +269,8 @@ def test_resumed_run_follows_the_same_trajectory_bit_for_bit(approx):
     resumed.load_state_dict(saved_model)
     opt2 = KFAC(resumed, nn.CrossEntropyLoss(), approx=approx, seed=123, stats_fraction=0.5)
     opt2.load_state_dict(saved_opt)
+    for key in ("damping_bounds", "lambda", "gamma", "k", "rejected", "lm_streak", "seed"):
+        assert opt2.state_dict()[key] == saved_opt[key], key
     again = run(resumed, opt2, range(16, 26))
     assert again == reference
     for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
@@ -280,6 +285,25 @@ def test_load_state_dict_rejects_mismatches():
         KFAC(model, loss_fn, approx="tridiag").load_state_dict(state)
     with pytest.raises(ValueError, match="layers"):
         KFAC(tiny_mlp([3, 4, 3]), loss_fn).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"^state_dict: saved by a KFAC with lr=None \(lr "
+                       r"multiplies the chosen update\), this optimizer has a fixed lr$"):
+        KFAC(model, loss_fn, lr=0.1).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"^state_dict: saved by a KFAC with a fixed lr, this "
+                       r"optimizer has lr=None \(lr multiplies the chosen update\)$"):
+        KFAC(model, loss_fn).load_state_dict(KFAC(model, loss_fn, lr=0.1).state_dict())
+
+
+def test_a_cuda_rng_state_on_a_cpu_model_reseeds_with_a_warning():
+    model, loss_fn, x, y = _small_problem()
+    opt = KFAC(model, loss_fn, seed=5)
+    opt.step(x, y)
+    state = opt.state_dict()
+    state["rng_device"] = "cuda:0"  # CPU and CUDA generator states do not convert
+    other = KFAC(copy.deepcopy(model), loss_fn, seed=6)
+    with pytest.warns(KFACWarning, match=r"^state_dict: RNG state saved on cuda:0, model on cpu; "
+                      r"reseeding, so sampled targets will differ$"):
+        other.load_state_dict(state)
+    assert other.state_dict()["seed"] == 5 and other.state_dict()["rng"] is None
 
 
 # -- a hand-checked λ/γ trajectory --------------------------------------------------------------

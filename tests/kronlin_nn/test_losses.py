@@ -190,7 +190,7 @@ def test_options_give_the_loss_s_own_hessian(name, reduction):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("name", ["ce-ignore", "ce-smoothing", "ce-probabilities"])
+@pytest.mark.parametrize("name", ["ce-ignore", "ce-smoothing", "ce-smoothing-whole", "ce-probabilities"])
 def test_empirical_vectors_are_the_per_case_gradients_of_the_loss(name, reduction):
     loss_fn, z, y = _with_options(name, reduction)
     if name == "ce-probabilities":

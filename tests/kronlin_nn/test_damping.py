@@ -5,6 +5,7 @@ import torch
 
 from kronlin_nn.damping import (
     curvature_scale,
+    damping_grid,
     gamma_candidates,
     gamma_decay,
     levenberg_marquardt,
@@ -102,6 +103,11 @@ def test_curvature_scale_is_the_largest_kfac_eigenvalue():
                    for a, g in zip(A, G, strict=True)).item()
     assert math.isclose(curvature_scale(A, G), expected, rel_tol=1e-3)
     assert curvature_scale([torch.zeros(2, 2)], [torch.zeros(2, 2)]) == 1.0
+
+
+def test_damping_grid_is_one_lambda_per_decade_down_to_1e_minus_8():
+    assert damping_grid(3.0) == [3.0 * 10.0**-j for j in range(9)]
+    assert damping_grid(3.0, decades=2) == [3.0 * 10.0**-j for j in range(3)]
 
 
 LAMS = [10.0**-j for j in range(8)]

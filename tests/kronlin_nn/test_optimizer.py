@@ -454,6 +454,17 @@ def test_seed_none_draws_the_sampling_seed_from_torchs_global_generator():
     assert runs[2][1] != runs[0][1]  # other sampled targets, another step
 
 
+def test_zero_grad_sets_gradients_to_none_by_default():
+    model, loss_fn, x, y = _small_problem()
+    opt = KFAC(model, loss_fn, damping=1.0, seed=0)
+    opt.step(x, y)  # sets .grad
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    opt.step(x, y)
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+
+
 def test_tridiag_needs_a_chain():
     x, y = data("mse", 8, 3, 3, dtype=torch.float32)
     with pytest.raises(ValueError, match="chain"):

@@ -221,7 +221,9 @@ def test_options_that_cannot_enter_exactly_are_refused_by_name():
         predictive_distribution(nn.BCEWithLogitsLoss(pos_weight=POS_WEIGHT)).check_fisher(
             "empirical")
     dist = predictive_distribution(nn.BCEWithLogitsLoss(weight=torch.ones(N, D)))
-    with pytest.raises(ValueError, match="loss_fn.weight: expected weights broadcast over the cases"):
+    with pytest.raises(ValueError, match=r"^loss_fn.weight: expected weights broadcast over the "
+                       r"cases \(shape \(4,\) or broadcastable to it\), got shape \(7, 4\), which "
+                       r"weighs cases by their position in one batch of 7; K-FAC evaluates"):
         dist.check_output(torch.zeros(N, D))
     predictive_distribution(nn.BCEWithLogitsLoss(weight=torch.ones(1, D))).check_output(
         torch.zeros(N, D))

@@ -233,3 +233,27 @@ def test_iteration_matches_the_dense_reference(case):
         assert any(s["refreshed"] for s in expected[3:])
     if "damping_bounds" in cfg:
         assert max(s["lambda"] for s in expected) == cfg["damping_bounds"][1]
+
+
+@pytest.mark.parametrize("pi", ["trace", "frobenius", "one"])
+def test_tridiag_inverse_has_the_damped_blocks_of_every_pi(pi):
+    """approx="tridiag": the inverse's inverse F̂ has the damped blocks (G + γ/π I) ⊗ (Ā + γπ I)
+    on its diagonal, with the π of ``pi`` (exact statistics of the whole batch, first step)."""
+    x, y = data("mse", 8, SIZES[0], SIZES[-1])
+    model = tiny_mlp(SIZES)
+    loss_fn = LOSS_CLASSES["mse"]()
+    factors = list(kfac_factors(model, loss_fn, x, y, fisher="exact").values())
+    lam = 0.1
+    opt = KFAC(model, loss_fn, approx="tridiag", pi=pi, fisher="exact", stats_fraction=1.0,
+               damping=lam, adapt_damping=False, seed=0)
+    opt.step(x, y)
+    F_hat = torch.linalg.inv(opt._inverse.to_dense())
+    gamma, offset = math.sqrt(lam), 0
+    for A, G in factors:
+        p = _pi(A, G, pi)
+        block = torch.kron(G + gamma / p * torch.eye(G.shape[0], dtype=G.dtype),
+                           A + gamma * p * torch.eye(A.shape[0], dtype=A.dtype))
+        size = block.shape[0]
+        torch.testing.assert_close(F_hat[offset:offset + size, offset:offset + size], block,
+                                   rtol=1e-9, atol=1e-12)  # float64, re-inverted
+        offset += size

@@ -129,6 +129,14 @@ LAMS = [10.0**-j for j in range(8)]
     # the largest λ already stops the walk: keep it (λ then grows by the LM rule)
     ([0.1, 0.05], [0.5, 0.2], 1.0),
     ([0.5, 0.05], [0.5, 0.2], 1.0),
+    # a best decrease of exactly 1 is a decrease (not "none")
+    ([1.6, 1.2, 0.9, 0.5, 0.1], [0.5, 0.8, 1.0, 0.9, 0.3], 1e-2 * 10**-0.375),
+    # a decrease of exactly half the best one does not stop the walk
+    ([1.9, 1.5, 0.95, 0.8], [1.0, 2.0, 1.0, 0.9], 1e-2),
+    # ρ = 1/4 exactly is interpolated, not stepped back from
+    ([1.6, 0.25], [1.0, 2.0], 10**-(0.85 / 1.35)),
+    # a failed candidate is no decrease, even when every real decrease is below 1
+    ([1.9, 1.5, 0.95, 0.8, -math.inf], [0.2, 0.6, 0.2, 0.1, -0.1], 1e-1),
     # nothing decreased h: the largest λ
     ([-math.inf, -math.inf], [-1.0, -2.0], 1.0),
 ])

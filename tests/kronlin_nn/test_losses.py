@@ -146,6 +146,7 @@ OPTIONS = {
     "ce-smoothing-whole": ("ce", dict(label_smoothing=1.0)),  # uniform targets: the edge case
     "ce-weight-smoothing-ignore": ("ce", dict(weight=CLASS_WEIGHT, label_smoothing=0.3)),
     "ce-probabilities": ("ce-probs", dict(weight=CLASS_WEIGHT, label_smoothing=0.1)),
+    "ce-probabilities-whole": ("ce-probs", dict(weight=CLASS_WEIGHT, label_smoothing=1.0)),
     "bce-weight": ("bce", dict(weight=OUTPUT_WEIGHT)),
     "bce-pos-weight": ("bce", dict(pos_weight=POS_WEIGHT)),
     "bce-both-soft": ("bce-soft", dict(weight=OUTPUT_WEIGHT[None], pos_weight=POS_WEIGHT)),

@@ -572,35 +572,44 @@ def test_cuda_training_and_resume(approx):
 
 
 # -- the default configuration: λ₀ search, tied γ, units, λ floor ------------------------------
-def _dense_search_rhos(model, loss_fn, kind, x, y, lams):
+def _dense_search_rhos(model, loss_fn, kind, x, y, lams, eta=0.0, rho_damping=True):
     """ρ and the decrease of h of the first block-diagonal step for each λ, densely."""
     factors = list(kfac_factors(model, loss_fn, x, y, fisher="exact").values())
-    grad = flat_gradient(model, loss_fn, x, y, 0.0)
-    with torch.no_grad():
-        h = loss_fn(model(x), y).item()
+    grad = flat_gradient(model, loss_fn, x, y, eta)
+    theta = flat_params(model)
+
+    def objective(net):
+        with torch.no_grad():
+            flat = flat_params(net)
+            return loss_fn(net(x), y).item() + 0.5 * eta * (flat @ flat).item()
+
+    h = objective(model)
     F = dense_ggn(model, kind, "mean", x)
-    theta, rhos, decreases = flat_params(model), [], []
+    rhos, decreases = [], []
     for lam in lams:
-        gamma = math.sqrt(lam)
+        gamma = math.sqrt(lam + eta)
         blocks = []
         for A, G in factors:
             pi = math.sqrt((A.trace() / A.shape[0]) / (G.trace() / G.shape[0]))
             blocks.append(torch.kron(G + gamma / pi * torch.eye(G.shape[0], dtype=G.dtype),
                                      A + gamma * pi * torch.eye(A.shape[0], dtype=A.dtype)))
         Delta = -torch.linalg.solve(torch.block_diag(*blocks), grad)
-        alpha = -(grad @ Delta) / (Delta @ F @ Delta + lam * Delta @ Delta)
-        predicted = 0.5 * alpha * (grad @ Delta)
+        alpha = -(grad @ Delta) / (Delta @ F @ Delta + (lam + eta) * Delta @ Delta)
+        rho_term = (lam if rho_damping else 0.0) + eta
+        predicted = alpha * (grad @ Delta) + 0.5 * alpha**2 * (Delta @ F @ Delta
+                                                               + rho_term * Delta @ Delta)
         twin = copy.deepcopy(model)
         set_flat_params(twin, theta + alpha * Delta)
-        with torch.no_grad():
-            h_new = loss_fn(twin(x), y).item()
+        h_new = objective(twin)
         rhos.append(-math.inf if h_new > h else (h_new - h) / predicted.item())
         decreases.append(h - h_new)
     return rhos, decreases
 
 
-def test_default_initial_damping_is_the_lm_rest_point_of_a_dense_search():
-    """λ₀ = the grid's λ where the LM rule would rest on the first batch, recomputed densely."""
+@pytest.mark.parametrize(("eta", "rho_damping"), [(0.0, True), (0.02, True), (0.02, False)])
+def test_default_initial_damping_is_the_lm_rest_point_of_a_dense_search(eta, rho_damping):
+    """λ₀ = the grid's λ where the LM rule would rest on the first batch, recomputed densely
+    (γ = √(λ + η) per candidate, ρ with or without the λ term)."""
     from kronlin_nn.damping import lm_rest_point
 
     model = tiny_mlp(SIZES)
@@ -609,13 +618,15 @@ def test_default_initial_damping_is_the_lm_rest_point_of_a_dense_search():
     factors = kfac_factors(model, loss_fn, x, y, fisher="exact").values()
     top = max(torch.linalg.eigvalsh(A)[-1] * torch.linalg.eigvalsh(G)[-1] for A, G in factors)
     lams = [top.item() * 10.0**-j for j in range(9)]
-    rhos, decreases = _dense_search_rhos(copy.deepcopy(model), loss_fn, "ce", x, y, lams)
+    rhos, decreases = _dense_search_rhos(copy.deepcopy(model), loss_fn, "ce", x, y, lams, eta,
+                                         rho_damping)
     chosen = lm_rest_point(lams, rhos, decreases)
     assert lams[-2] < chosen < lams[0]  # an interior choice: the search decided something
-    opt = KFAC(model, loss_fn, fisher="exact", stats_fraction=1.0, seed=0)
+    opt = KFAC(model, loss_fn, fisher="exact", stats_fraction=1.0, weight_decay=eta,
+               rho_includes_damping=rho_damping, seed=0)
     out = opt.step(x, y)
     assert out["lambda"] == pytest.approx(chosen, rel=1e-3)  # power iteration vs eigvalsh
-    assert out["gamma"] == pytest.approx(math.sqrt(chosen), rel=1e-3)
+    assert out["gamma"] == pytest.approx(math.sqrt(chosen + eta), rel=1e-3)
     floor, ceiling = opt.state_dict()["damping_bounds"]
     eps = torch.finfo(torch.float64).eps
     assert floor == pytest.approx(100 * eps * top.item(), rel=1e-3) and ceiling == math.inf

@@ -87,6 +87,7 @@ def test_levenberg_marquardt_rule():
     assert levenberg_marquardt(1.0, -math.inf, w) == 1 / w
     assert levenberg_marquardt(1.0, math.nan, w) == 1 / w
     assert levenberg_marquardt(1.0, 0.5, w) == 1.0
+    assert levenberg_marquardt(1.0, 0.25, w) == levenberg_marquardt(1.0, 0.75, w) == 1.0
     assert levenberg_marquardt(1.0, 0.9, w, bounds=(0.9, 2.0)) == 0.9
 
 
@@ -103,6 +104,7 @@ def test_curvature_scale_is_the_largest_kfac_eigenvalue():
                    for a, g in zip(A, G, strict=True)).item()
     assert math.isclose(curvature_scale(A, G), expected, rel_tol=1e-3)
     assert curvature_scale([torch.zeros(2, 2)], [torch.zeros(2, 2)]) == 1.0
+    assert curvature_scale([], []) == 1.0  # no block with curvature
 
 
 def test_damping_grid_is_one_lambda_per_decade_down_to_1e_minus_8():

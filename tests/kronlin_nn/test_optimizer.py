@@ -179,12 +179,14 @@ def test_non_finite_loss_rejects_the_step():
 
 def test_infinite_gradient_rejects_the_step():
     model, loss_fn, x, y = _small_problem("mse")
-    opt = KFAC(model, loss_fn, damping=1.0, seed=0)
+    opt = KFAC(model, loss_fn, damping=0.01, seed=0)
     params = flat_params(model)
     with pytest.warns(KFACWarning, match="rejected"):
         assert not opt.step(x, torch.full_like(y, 1e308))["accepted"]
     assert torch.equal(flat_params(model), params)
     assert _statistics(opt)["count"] == 0
+    # before any batch set the default bounds, λ grows unbounded: (0, ∞)
+    assert opt.state_dict()["lambda"] == pytest.approx(0.01 / 0.95**5, rel=1e-15)
 
 
 @pytest.mark.parametrize("approx", ["blockdiag", "tridiag"])

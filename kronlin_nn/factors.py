@@ -57,6 +57,7 @@ def output_vectors(
     targets: Tensor | None,
     fisher: FisherKind,
     generator: torch.Generator | None,
+    rows: tuple[Sequence[int], int] | None = None,
 ) -> Tensor:
     r"""The vectors to backpropagate from the outputs: shape ``(K, n, D)``.
 
@@ -70,9 +71,18 @@ def output_vectors(
         targets: the data's targets (used by ``"empirical"`` only).
         fisher: ``"mc"``, ``"empirical"`` or ``"exact"``.
         generator: random source for ``"mc"``.
+        rows: ``(positions, N)``: the cases of ``z`` are rows ``positions`` of a batch of
+            ``N`` cases (a shard of a union batch); ``"mc"`` then draws the sample of all ``N``
+            cases and gives each case its row, so that a case's target does not depend on how
+            the batch is split. Each distribution's sample of a row depends on that row's
+            outputs and random draws only. Default: the ``n`` cases are the batch.
 
     """
     if fisher == "mc":
+        if rows is not None and rows[1] != z.shape[0]:
+            index = torch.as_tensor(rows[0], dtype=torch.long, device=z.device)
+            union = z.new_zeros(rows[1], z.shape[1]).index_copy_(0, index, z)
+            return dist.output_grad(z, dist.sample_targets(union, generator)[index])[None]
         return dist.output_grad(z, dist.sample_targets(z, generator))[None]
     if fisher == "empirical":
         return dist.output_grad(z, targets)[None]

@@ -44,14 +44,7 @@ import kronlin
 
 from .blocks import UNSUPPORTED, CurvatureBlock, KroneckerBlock, check_tridiag_chain, model_blocks
 from .capture import LayerIO, Recorder, group_calls
-from .curvature import (
-    FactorError,
-    KFACWarning,
-    blockdiag_candidates,
-    check_finite,
-    tridiag_candidates,
-    tridiag_inverse,
-)
+from .curvature import FactorError, KFACWarning, blockdiag_candidates, check_finite
 from .damping import (
     GAMMA_RULES,
     PI_KINDS,
@@ -62,8 +55,8 @@ from .damping import (
     levenberg_marquardt,
     lm_decay,
     lm_rest_point,
-    pi_scales,
 )
+from .distributed import Replicas, Traffic
 from .factors import (
     check_fisher,
     cross_factors,
@@ -80,7 +73,8 @@ from .quadratic import (
     reduction_ratio,
     solve_coefficients,
 )
-from .statistics import FactorStatistics
+from .statistics import SYMMETRIC_GROUPS, FactorStatistics
+from .units import inverse_units
 
 __all__ = ["KFAC"]
 
@@ -89,7 +83,7 @@ UNITS = ("loss", "case")
 # The default lower bound of λ, relative to the first batch's largest curvature eigenvalue: two
 # decades below the search grid, where the factored damping is still ~1e-5 of the factors' scale.
 LAMBDA_FLOOR = 1e-10
-_STATE_VERSION = 3
+_STATE_VERSION = 4
 
 
 class KFAC(torch.optim.Optimizer):
@@ -159,6 +153,21 @@ class KFAC(torch.optim.Optimizer):
             ``"diagonal"`` (a diagonal-Fisher block), ``"first_order"`` (the damping alone,
             :math:`\gamma^2 I`: a gradient step sized by the quadratic model) or ``"error"``
             (:func:`~kronlin_nn.blocks.model_blocks`).
+        grad_worker_fraction: in data-parallel training, the fraction ``f`` of the ranks that
+            hold each refreshed inverse and apply it (KAISA's gradient-worker fraction;
+            ``f·W`` must divide the world size ``W``): ``1`` (default) broadcasts each inverse
+            to every rank, which then needs no communication but the gradient's between
+            refreshes; ``1/W`` keeps each inverse on the rank that refreshed it, which
+            broadcasts its blocks' part of the proposals at every step (the least memory).
+            Ignored in one process (:mod:`kronlin_nn.distributed`).
+        process_group: the data-parallel group; default: a ``DistributedDataParallel``
+            model's, else the default group if ``torch.distributed`` is initialized, else none.
+
+    Data-parallel training: in every rank of an initialized process group, build the optimizer
+    on the same model (wrapped in ``DistributedDataParallel`` or not; rank 0's parameters and
+    seed are broadcast) and call :meth:`step` with the rank's shard of the batch. The step is the
+    single-process step on the union of the shards (:func:`~kronlin_nn.distributed.union_order`):
+    same α, μ, λ, γ and update on every rank. :attr:`traffic` counts the bytes communicated.
 
     The returned diagnostics of :meth:`step` are a dict with ``"loss"`` (:math:`h(\theta)` before
     the step, weight decay included), ``"lambda"`` and ``"gamma"`` (the values this step used),
@@ -196,6 +205,8 @@ class KFAC(torch.optim.Optimizer):
         damping_bounds: tuple[float, float] | None = None,
         rho_includes_damping: bool = True,
         unsupported: str = "diagonal",
+        grad_worker_fraction: float = 1.0,
+        process_group: Any = None,
     ):
         _validate(approx=approx, fisher=fisher, lr=lr, momentum=momentum, damping=damping,
                   gamma_rule=gamma_rule, units=units, weight_decay=weight_decay, inverse_every=inverse_every,
@@ -203,7 +214,9 @@ class KFAC(torch.optim.Optimizer):
                   stats_fraction=stats_fraction, quad_fraction=quad_fraction,
                   quad_min_cases=quad_min_cases, pi=pi,
                   damping_bounds=damping_bounds, gamma_bounds=gamma_bounds,
-                  unsupported=unsupported)
+                  unsupported=unsupported, grad_worker_fraction=grad_worker_fraction)
+        model, self._replicas = Replicas.of(model, process_group)
+        self.grad_worker_fraction = grad_worker_fraction
         blocks = model_blocks(model, unsupported)
         super().__init__([p for b in blocks for p in b.params if p is not None],
                          {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
@@ -224,16 +237,17 @@ class KFAC(torch.optim.Optimizer):
         self._registration = {id(b): i for i, b in enumerate(blocks)}
         self._ordered = False
         self._arrange(blocks)
+        self._replicas.broadcast_(self._layout.trainable())  # the same start on every rank
         self._names = {id(p): n for n, p in model.named_parameters()}
         self._stats = FactorStatistics(ema_max)
         self._lambda = damping
         self._gamma = None if damping is None else math.sqrt(damping + weight_decay)
         self._delta0: Tensor | None = None
-        self._inverse: kronlin.LinearOperator | None = None
-        self._inverse_data: dict | None = None
+        self._inverse: list[kronlin.LinearOperator | None] | None = None  # per unit, where applied
         self._k = 0
         self._rejected = 0
-        self._seed = int(torch.randint(0, 2**62, ())) if seed is None else int(seed)
+        self._seed = self._replicas.agree(
+            int(torch.randint(0, 2**62, ())) if seed is None else int(seed))
         self._generator: torch.Generator | None = None
 
     # -- public API -------------------------------------------------------------------------
@@ -241,6 +255,11 @@ class KFAC(torch.optim.Optimizer):
     def iteration(self) -> int:
         """The number of iterations done, ``k`` (steps rejected for non-finite values excluded)."""
         return self._k
+
+    @property
+    def traffic(self) -> Traffic:
+        """The bytes this rank's collectives moved, by kind (all zero in one process)."""
+        return self._replicas.traffic
 
     def step(self, inputs: Tensor, targets: Tensor) -> dict[str, Any]:  # type: ignore[override]
         """One K-FAC iteration on the batch ``(inputs, targets)``; see the module docstring.
@@ -255,21 +274,33 @@ class KFAC(torch.optim.Optimizer):
         """
         group = self.param_groups[0]
         lr, momentum = group["lr"], group["momentum"]
-        m = inputs.shape[0]
-        n1 = min(m, max(1, math.ceil(self.stats_fraction * m)))
-        n2 = min(m, max(math.ceil(self.quad_fraction * m), self.quad_min_cases))
+        # the union of the ranks' shards is the batch (one process: the shard itself); this
+        # rank's first n1 and n2 cases are its part of the union's sub-batches S₁ and S₂
+        shards = self._shards = self._replicas.shards(inputs.shape[0])
+        m, M = shards.local, shards.total
+        N1, N2 = self._stats_cases(M), self._quad_cases(M)
+        n1, n2 = shards.count(N1, "stats_fraction"), shards.count(N2, "quad_fraction")
         z, calls = self._forward(inputs)
-        kappa = self._dist.scale(m, z[:1].numel()) * m
+        D = z[:1].numel()
+        kappa = self._dist.scale(M, D) * M
         unit = kappa if self.units == "case" else 1.0  # loss units per unit of λ and η
         eta = group["weight_decay"] * unit
         # S₁ gets a forward pass of its own, so the extra backward costs τ₁ of a full one
         z1, calls1 = (z, calls) if n1 == m else self._forward(inputs[:n1])
-        h, theta, grad_h = self._gradient(z, targets, eta, retain_graph=n1 == m)
-        g = self._extra_backward(z1, calls1, targets[:n1], n1)
+        loss, theta, grad = self._gradient(z, targets, retain_graph=n1 == m)
+        g = self._extra_backward(z1, calls1, targets[:n1], shards.positions(N1), N1)
         batch = self._factor_estimates(calls1, g, n1)
+        if n1 != N1:  # this rank's share of the union's per-case averages
+            torch._foreach_mul_([t for ts in batch.values() for t in ts], n1 / N1)
+        stats_norm = _total_norm([t for ts in batch.values() for t in ts], grad)
+        # the union's objective and gradient, with the check of the statistics (one all-reduce
+        # of each rank's share of the loss's reduction); weight decay once, after the sum
+        loss, grad, stats_norm = self._replicas.sum_shares(
+            [loss, grad, stats_norm], self._dist.scale(M, D) / self._dist.scale(m, D), "gradient")
+        h = loss + 0.5 * eta * (theta @ theta)
+        grad_h = grad.add_(theta, alpha=eta)
 
         # one host sync for all the finiteness checks
-        stats_norm = _total_norm([t for ts in batch.values() for t in ts], grad_h)
         checks = torch.stack([h, grad_h.sum(), stats_norm])
         h_value, grad_sum, stats_sum = checks.tolist()
         if not (math.isfinite(h_value) and math.isfinite(grad_sum)):
@@ -281,12 +312,14 @@ class KFAC(torch.optim.Optimizer):
         else:
             warnings.warn(f"step {k}: non-finite curvature statistics; batch skipped", KFACWarning,
                           stacklevel=2)
+        if self._damping_bounds is None or self._lambda is None:  # the first batch's, once
+            batch = self._union_groups(batch, "factors")
         if self._damping_bounds is None:
             top = curvature_scale(*self._kronecker_pairs(batch, kappa)) / unit
             self._damping_bounds = (LAMBDA_FLOOR * top, math.inf)
         if self._lambda is None:
             self._lambda = self._search_damping(batch, kappa, grad_h, theta, calls, inputs,
-                                                targets, z, m, n2, h_value, eta, lr) / unit
+                                                targets, z, n2, h_value, eta, lr) / unit
             self._gamma = math.sqrt(self._lambda + group["weight_decay"])
 
         refreshed = k % self.inverse_every == 0 or k <= 3 or self._inverse is None
@@ -297,7 +330,7 @@ class KFAC(torch.optim.Optimizer):
         elif self.adapt_damping and k % self.gamma_every == 0:
             candidates = gamma_candidates(self._gamma, gamma_decay(self.gamma_every),
                                           self._gamma_bounds(group["weight_decay"]))
-        ops, candidates, blocks = self._operators(candidates, kappa, refreshed, math.sqrt(unit))
+        ops, candidates = self._operators(candidates, kappa, refreshed, math.sqrt(unit))
         if ops is None:
             refreshed = False
             ops, candidates = [self._inverse], [self._gamma]
@@ -307,7 +340,7 @@ class KFAC(torch.optim.Optimizer):
         fixed = (lr, 0.0 if momentum is False else (None if momentum is True else momentum))
         delta0 = self._delta0 if fixed[1] != 0.0 else None
         if lr is None or momentum is True or self.adapt_damping:
-            best = self._quadratic_model(deltas, delta0, grad_h, calls, inputs[:n2], z, m,
+            best = self._quadratic_model(deltas, delta0, grad_h, calls, inputs[:n2], z,
                                          lam * unit + eta, eta, fixed)
         else:  # plain K-FAC steps: no quadratic model needed
             best = (0, fixed[0], fixed[1], math.nan, math.nan)
@@ -320,7 +353,7 @@ class KFAC(torch.optim.Optimizer):
         if delta0 is not None and mu != 0.0:
             delta.add_(delta0, alpha=mu)
         if refreshed:
-            self._adopt_inverse(ops[j], None if blocks is None else blocks[j])
+            self._inverse = ops[j]
         self._gamma = candidates[j]
 
         rho, new_theta = math.nan, None
@@ -359,6 +392,12 @@ class KFAC(torch.optim.Optimizer):
         self._chain = (sum(1 for b in self._blocks if b.chainable)
                        if self.approx == "tridiag" else 0)
         self._cached_tangents = all(b.cached_tangents for b in self._blocks)
+        # the units of the inverse refresh (known with the forward order, which puts a chain
+        # first), and which rank refreshes and applies each
+        self._units = (inverse_units(self._blocks, self._layout.offsets, self._slots, self._chain)
+                       if self._ordered else [])
+        self._assignment = self._replicas.assignment([u.cost for u in self._units],
+                                                     self.grad_worker_fraction)
 
     def _kronecker_pairs(self, batch: dict[str, list[Tensor]],
                          kappa: float) -> tuple[list[Tensor], list[Tensor]]:
@@ -371,6 +410,21 @@ class KFAC(torch.optim.Optimizer):
         """Per block, its statistics from the named groups (a batch's or the averages)."""
         return [[groups[name][slot[name]] for name in b.statistics]
                 for b, slot in zip(self._blocks, self._slots, strict=True)]
+
+    def _union_groups(self, groups: dict[str, list[Tensor]], kind: str) -> dict[str, list[Tensor]]:
+        """Named groups of statistics summed over the ranks (the groups themselves in one process)."""
+        tensors = [t for ts in groups.values() for t in ts]
+        flags = [name in SYMMETRIC_GROUPS for name, ts in groups.items() for _ in ts]
+        summed = iter(self._replicas.sum_statistics(tensors, flags, kind))
+        return {name: [next(summed) for _ in ts] for name, ts in groups.items()}
+
+    def _stats_cases(self, M: int) -> int:
+        r""":math:`|S_1| = \min(M, \max(1, \lceil\tau_1 M\rceil))` of a union batch of ``M`` cases."""
+        return min(M, max(1, math.ceil(self.stats_fraction * M)))
+
+    def _quad_cases(self, M: int) -> int:
+        r""":math:`|S_2| = \min(M, \max(\lceil\tau_2 M\rceil, \text{quad\_min\_cases}))`."""
+        return min(M, max(math.ceil(self.quad_fraction * M), self.quad_min_cases))
 
     # -- the steps of an iteration --------------------------------------------------------
     def _forward(self, inputs: Tensor) -> tuple[Tensor, list[LayerIO]]:
@@ -405,11 +459,11 @@ class KFAC(torch.optim.Optimizer):
             order = ([i for i in order if self._blocks[i].chainable]
                      + [i for i in order if not self._blocks[i].chainable])
             check_tridiag_chain(self._blocks, [c for c in calls if self._blocks[c.layer].chainable])
+        self._ordered = True
         self._arrange([self._blocks[i] for i in order])
         position = {old: new for new, old in enumerate(order)}
         for c in calls:
             c.layer = position[c.layer]
-        self._ordered = True
 
     def _in_layer_order(self, calls: list[LayerIO]) -> list[LayerIO]:
         chain = [c.layer for c in calls if c.layer < self._chain]
@@ -423,24 +477,29 @@ class KFAC(torch.optim.Optimizer):
             calls = sorted(calls, key=lambda c: c.layer)
         return calls
 
-    def _gradient(self, z: Tensor, targets: Tensor, eta: float, retain_graph: bool):
-        r"""``(h, θ, ∇h)``: the objective (0-d), the flat parameters and the flat gradient.
+    def _gradient(self, z: Tensor, targets: Tensor, retain_graph: bool):
+        r"""``(loss, θ, ∇loss)``: the shard's loss (0-d), the flat parameters, the flat gradient.
 
-        :math:`h = \text{loss} + \tfrac\eta2\|\theta\|^2`, :math:`\nabla h = \nabla\text{loss} + \eta\theta`.
-        ``retain_graph`` keeps the graph for the extra backward pass.
+        ``retain_graph`` keeps the graph for the extra backward pass. Weight decay is added
+        to the union's sum (:meth:`step`).
         """
         loss = self.loss_fn(z, targets)
         theta = self._layout.flat_parameters()
         grads = torch.autograd.grad(loss, self._layout.trainable(), retain_graph=retain_graph)
-        grad_h = self._layout.pack(self._layout.regroup(grads)).add_(theta, alpha=eta)
-        return loss.detach() + 0.5 * eta * (theta @ theta), theta, grad_h
+        return loss.detach(), theta, self._layout.pack(self._layout.regroup(grads))
 
     def _extra_backward(self, z1: Tensor, calls: Sequence[LayerIO], targets: Tensor,
-                        n1: int) -> list[Tensor]:
-        """The output gradients of the ``S_1`` sub-batch for sampled (or data) targets."""
+                        positions, N1: int) -> list[Tensor]:
+        """The output gradients of this rank's ``S_1`` cases for sampled (or data) targets.
+
+        ``positions`` are the cases' places among the union's ``N1`` cases of ``S_1``: the
+        union's sample is drawn, and each case gets its row of it.
+        """
+        n1 = len(positions)
         z1 = z1.reshape(n1, -1)
         y = flat_targets(targets, n1) if self.fisher == "empirical" else None
-        vectors = output_vectors(self._dist, z1.detach(), y, self.fisher, self._rng(z1.device))
+        vectors = output_vectors(self._dist, z1.detach(), y, self.fisher, self._rng(z1.device),
+                                 rows=(positions, N1))
         return output_gradients(z1, [c.output() for c in calls], vectors)
 
     def _factor_estimates(self, calls: Sequence[LayerIO], g: Sequence[Tensor],
@@ -464,41 +523,71 @@ class KFAC(torch.optim.Optimizer):
                 [a for a, _ in chain_rows], [gr for _, gr in chain_rows], n1)
         return batch
 
-    def _proposals(self, ops: Sequence[kronlin.LinearOperator], grad_h: Tensor) -> list[Tensor]:
-        r""":math:`\Delta_\gamma = -\tilde F_\gamma^{-1}\nabla h` for each candidate's operator."""
-        return [-(op @ grad_h) for op in ops]
+    def _proposals(self, ops: Sequence[Sequence[kronlin.LinearOperator | None]],
+                   grad_h: Tensor) -> list[Tensor]:
+        r""":math:`\Delta_\gamma = -\tilde F_\gamma^{-1}\nabla h` for each candidate's inverse.
+
+        ``ops[j][u]`` is candidate ``j``'s inverse of unit ``u``, held where it is applied; each
+        unit is applied there to its segment of ∇h, and the parts are shared.
+        """
+        local = []
+        for u, unit in enumerate(self._units):
+            if not self._assignment.applies(u):
+                local.append(None)
+                continue
+            g = grad_h[unit.start: unit.stop]
+            local.append(-torch.stack([row[u] @ g for row in ops]))
+        sizes = [unit.size for unit in self._units]
+        like = grad_h.expand(len(ops), -1)
+        return list(self._replicas.share_directions(local, sizes, self._assignment, like))
 
     def _operators(self, candidates: list[float], kappa: float, refresh: bool,
                    gamma_scale: float = 1.0):
-        """The damped inverse for each candidate γ: ``(ops, kept γ, blocks)``.
+        """The damped inverse for each candidate γ: ``(ops, kept γ)``, ``ops[j]`` one per unit.
 
         Candidates whose damped curvature cannot be factored are dropped; ``ops`` is ``None``
-        if the refresh failed. ``blocks`` holds, for ``tridiag``, each operator's chain blocks.
-        ``gamma_scale`` converts γ to the loss's units (√κ for ``units="case"``).
+        if the refresh failed. ``gamma_scale`` converts γ to the loss's units (√κ for
+        ``units="case"``).
         """
         if not refresh:
-            return [self._inverse], [self._gamma], None
+            return [self._inverse], [self._gamma]
         declared = {gamma * gamma_scale: gamma for gamma in candidates}
-        ops, kept, blocks = self._damped_inverses(list(declared), kappa)
-        return ops, None if kept is None else [declared[gamma] for gamma in kept], blocks
+        ops, kept = self._damped_inverses(list(declared), kappa)
+        return ops, None if kept is None else [declared[gamma] for gamma in kept]
 
     def _damped_inverses(self, candidates: list[float], kappa: float):
-        """:meth:`_operators` for γ in the loss's units."""
-        stats = self._block_stats(self._stats.groups)
-        try:
-            if self.approx == "blockdiag":
-                return (*blockdiag_candidates(self._candidates(self._blocks, stats, candidates,
-                                                               kappa), candidates), None)
-            return self._tridiag_operators(stats, candidates, kappa)
-        except FactorError as err:
+        """:meth:`_operators` for γ in the loss's units.
+
+        Each unit is refreshed on its owner rank from the union's statistics; a candidate is
+        kept if every unit could factor it (the flags reduced over the ranks), and the kept
+        inverses go to the ranks that apply them.
+        """
+        units, assignment = self._units, self._assignment
+        stats = self._replicas.reduce_statistics(
+            [[self._stats.groups[name][i] for name, i in u.keys] for u in units],
+            [u.symmetric_statistics() for u in units], assignment)
+        p = self._layout.trainable()[0]
+        gammas = torch.tensor(candidates, dtype=p.dtype, device=p.device)
+        found = [None if st is None else u.candidates(st, kappa, gammas, self.pi)
+                 for u, st in zip(units, stats, strict=True)]
+        ok = torch.ones(len(candidates), dtype=torch.bool, device=p.device)
+        for f in found:
+            if f is not None:
+                ok = ok & f.ok.to(ok.device)
+        kept = [j for j, good in enumerate(self._replicas.all_ok(ok).tolist()) if good]
+        if not kept:
+            err = (f"no damping in gamma={candidates} makes every block's damped curvature finite "
+                   f"and positive definite")
             if self._inverse is None:
                 raise FactorError(
                     f"step {self._k}: cannot build the first K-FAC inverse ({err}); give a "
                     f"larger damping"
-                ) from err
+                )
             warnings.warn(f"step {self._k}: inverse refresh skipped, keeping the last good "
                           f"inverses ({err})", KFACWarning, stacklevel=3)
-            return None, None, None
+            return None, None
+        ops = [[None if f is None else f.build(j) for f in found] for j in kept]
+        return self._replicas.share_inverses(ops, units, assignment), [candidates[j] for j in kept]
 
     def _candidates(self, blocks: Sequence[CurvatureBlock], stats: Sequence[Sequence[Tensor]],
                     candidates: list[float], kappa: float) -> list:
@@ -510,24 +599,13 @@ class KFAC(torch.optim.Optimizer):
         gammas = torch.tensor(candidates, dtype=p.dtype, device=p.device)
         return [b.inverses(st, kappa, gammas, self.pi) for b, st in zip(blocks, stats, strict=True)]
 
-    def _tridiag_operators(self, stats: Sequence[Sequence[Tensor]], candidates: list[float],
-                           kappa: float):
-        """``BlockTridiagInverse`` over the chain, the other blocks beside it, per candidate."""
-        c = self._chain
-        A, G = [st[0] for st in stats[:c]], [kappa * st[1] for st in stats[:c]]
-        G_cross = [kappa * g for g in self._stats.G_cross]
-        others = self._candidates(self._blocks[c:], stats[c:], candidates, kappa)
-        return tridiag_candidates(A, G, self._stats.A_cross, G_cross, pi_scales(A, G, self.pi),
-                                  others, candidates)
-
-    def _quadratic_model(self, deltas, delta0, grad_h, calls, inputs2, z, m, damping, eta,
-                         fixed):
+    def _quadratic_model(self, deltas, delta0, grad_h, calls, inputs2, z, damping, eta, fixed):
         """Pick the candidate and ``(α, μ)`` minimizing ``M``; ``None`` if non-finite.
 
         Returns ``(index, α, μ, M(δ)−M(0), M_ρ(δ)−M_ρ(0))`` where ``M_ρ`` drops λ unless
         ``rho_includes_damping``.
         """
-        models = self._candidate_models(deltas, delta0, grad_h, calls, inputs2, z, m,
+        models = self._candidate_models(deltas, delta0, grad_h, calls, inputs2, z,
                                         [damping] * len(deltas), eta, fixed)
         if models is None:
             return None
@@ -537,8 +615,7 @@ class KFAC(torch.optim.Optimizer):
             return None
         return best
 
-    def _candidate_models(self, deltas, delta0, grad_h, calls, inputs2, z, m, dampings, eta,
-                          fixed):
+    def _candidate_models(self, deltas, delta0, grad_h, calls, inputs2, z, dampings, eta, fixed):
         """Per candidate ``Δ_j`` with damping ``λ_j + η``: ``(α, μ, M(δ)−M(0), M_ρ(δ)−M_ρ(0))``.
 
         All candidates share one batched pass of forward-mode products; ``None`` if the
@@ -547,7 +624,7 @@ class KFAC(torch.optim.Optimizer):
         vectors = deltas + ([delta0] if delta0 is not None else [])
         K = len(vectors)
         V = torch.stack(vectors)
-        JF = self._fisher_gram(V, calls, inputs2, z, m)
+        JF = self._fisher_gram(V, calls, inputs2, z)
         # P = [uᵢᵀuⱼ | uᵢᵀ∇h]: products of V with itself and with ∇h, without stacking them
         P = torch.cat([V @ V.T, (V @ grad_h)[:, None]], dim=1)
         host = torch.cat([JF.reshape(-1), P.reshape(-1)]).double().cpu().numpy()
@@ -568,8 +645,8 @@ class KFAC(torch.optim.Optimizer):
             models.append((x[0], x[1], model_change(A, c, x), model_change(A_rho, c, x)))
         return models
 
-    def _search_damping(self, batch, kappa, grad_h, theta, calls, inputs, targets, z, m,
-                        n2, h_value, eta, lr) -> float:
+    def _search_damping(self, batch, kappa, grad_h, theta, calls, inputs, targets, z, n2,
+                        h_value, eta, lr) -> float:
         r"""λ₀ in the loss's units, by a search on the first batch.
 
         Each λ of :func:`~kronlin_nn.damping.damping_grid` gets its block-diagonal proposal
@@ -587,8 +664,8 @@ class KFAC(torch.optim.Optimizer):
         except FactorError:
             return lams[0]
         lams = [lam for lam, gamma in zip(lams, gammas, strict=True) if gamma in kept]
-        deltas = self._proposals(ops, grad_h)
-        models = self._candidate_models(deltas, None, grad_h, calls, inputs[:n2], z, m,
+        deltas = [-(op @ grad_h) for op in ops]  # every rank has the union's first batch
+        models = self._candidate_models(deltas, None, grad_h, calls, inputs[:n2], z,
                                         [lam + eta for lam in lams], eta, (lr, 0.0))
         if models is None:
             return lams[0]
@@ -600,9 +677,12 @@ class KFAC(torch.optim.Optimizer):
             decreases.append(h_value - h_new)
         return lams[lm_rest_point(rhos, decreases)]
 
-    def _fisher_gram(self, V: Tensor, calls: Sequence[LayerIO], inputs2: Tensor, z: Tensor,
-                     m: int) -> Tensor:
-        r""":math:`[u_k^\top F u_l]` for the rows ``u_k`` of ``V``, F on the first ``n₂`` cases."""
+    def _fisher_gram(self, V: Tensor, calls: Sequence[LayerIO], inputs2: Tensor,
+                     z: Tensor) -> Tensor:
+        r""":math:`[u_k^\top F u_l]` for the rows ``u_k`` of ``V``, F on the union's ``S₂``.
+
+        Each rank sums over its ``n₂`` cases of ``S₂``; one all-reduce of the ``K²`` entries.
+        """
         n2 = inputs2.shape[0]
         if self._cached_tangents:
             calls = [c.first_rows(n2) for c in calls]
@@ -610,16 +690,22 @@ class KFAC(torch.optim.Optimizer):
                                     self._layout.unstack(V))
         else:  # a block without a cached tangent forward: torch.func for the whole model
             Jt = output_jvps(self.model, inputs2, self._layout.named_tensors(V, self._names))
-        gram = self._dist.fisher_gram(z[:n2].detach().reshape(n2, -1), Jt)
-        # F of the objective on S': s Σ_{n∈S'} ≈ s (m/n₂) Σ_{n∈S₂}
-        return gram * (self._dist.scale(m, z[:1].numel()) * m / n2)
+        (gram,) = self._replicas.sum_shares(
+            [self._dist.fisher_gram(z[:n2].detach().reshape(n2, -1), Jt)], 1.0, "scalars")
+        # F of the objective on the union S': s Σ_{n∈S'} ≈ s (M/|S₂|) Σ_{n∈S₂}
+        M = self._shards.total
+        return gram * (self._dist.scale(M, z[:1].numel()) * M / self._quad_cases(M))
 
     def _objective(self, inputs: Tensor, targets: Tensor, theta: Tensor, eta: float) -> float:
-        """:math:`h` at the flat parameters ``theta`` on the whole batch (one forward pass)."""
+        """:math:`h` at the flat parameters ``theta`` on the union batch (one forward pass each)."""
         with torch.no_grad():
             params = self._layout.named_tensors(theta, self._names)
             z = functional_call(self.model, params, (inputs,))
-            return float(self.loss_fn(z, targets) + 0.5 * eta * (theta @ theta))
+            M, m, D = self._shards.total, self._shards.local, z[:1].numel()
+            (loss,) = self._replicas.sum_shares(
+                [self.loss_fn(z, targets)], self._dist.scale(M, D) / self._dist.scale(m, D),
+                "scalars")
+            return float(loss + 0.5 * eta * (theta @ theta))
 
     def _apply(self, delta: Tensor, new_theta: Tensor | None) -> None:
         """``θ ← θ + δ`` (copying ``new_theta`` when it was already computed for ρ)."""
@@ -627,27 +713,6 @@ class KFAC(torch.optim.Optimizer):
             self._layout.add_(delta)
         else:
             self._layout.copy_(new_theta)
-
-    def _adopt_inverse(self, op: kronlin.LinearOperator, blocks: tuple | None) -> None:
-        """Keep ``op`` as the current inverse, with the data to rebuild it on resume.
-
-        Block-diagonal: each block's inverse as tensors; block-tridiagonal: the chain's blocks
-        ``(diag, offdiag)`` it was built from (rebuilding is deterministic), and the other
-        blocks' inverses.
-        """
-        self._inverse = op
-        if self.approx == "blockdiag":
-            self._inverse_data = {"blocks": [b.inverse_tensors(o) for b, o in
-                                             zip(self._blocks, op.blocks, strict=True)]}
-        else:
-            others = op.blocks[1:] if self._chain < len(self._blocks) else ()
-            # copies: the cross moments in the blocks are the live (moving-average) statistics
-            self._inverse_data = _cloned({
-                "diag": [list(p) for p in blocks[0]],
-                "offdiag": [list(p) for p in blocks[1]],
-                "others": [b.inverse_tensors(o) for b, o in
-                           zip(self._blocks[self._chain:], others, strict=True)],
-            })
 
     def _gamma_bounds(self, eta: float) -> tuple[float, float]:
         r"""``gamma_bounds``, default :math:`(\sqrt\eta, \infty)`, in the units of ``units``."""
@@ -671,10 +736,18 @@ class KFAC(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume on the same trajectory (tensors are copies).
 
-        Statistics and their count, the current inverse (each block's, or for ``tridiag`` the
-        chain's blocks it is rebuilt from), λ, γ, δ₀, the iteration counters, the block order
-        and kinds, the hyperparameters of the param group and the optimizer's RNG state.
+        Statistics and their count, the current inverse (as each unit's tensors,
+        :mod:`kronlin_nn.units`), λ, γ, δ₀, the iteration counters, the block order and kinds,
+        the hyperparameters of the param group and the optimizer's RNG state.
+
+        In data-parallel training this is a collective: call it on every rank (each gets the
+        same state, the union's statistics and every unit's inverse), save it from rank 0. It
+        resumes on any world size, one process included.
         """
+        inverse = (None if self._inverse is None else
+                   self._replicas.gather_inverses(self._inverse, self._units, self._assignment))
+        statistics = {**self._stats.state_dict(),
+                      **self._union_groups(self._stats.groups, "checkpoint")}
         return _cloned({
             "version": _STATE_VERSION,
             "approx": self.approx,
@@ -689,8 +762,8 @@ class KFAC(torch.optim.Optimizer):
             "gamma": self._gamma,
             "damping_bounds": self._damping_bounds,
             "delta0": self._delta0,
-            "statistics": self._stats.state_dict(),
-            "inverse": self._inverse_data,
+            "statistics": statistics,
+            "inverse": inverse,
             "seed": self._seed,
             "rng": None if self._generator is None else self._generator.get_state(),
             "rng_device": None if self._generator is None else str(self._generator.device),
@@ -698,6 +771,10 @@ class KFAC(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` of a ``KFAC`` on the same model architecture.
+
+        In data-parallel training, call it on every rank with the same state (saved on any
+        world size): rank 0 takes the statistics as its share, the others start from zero
+        shares, and each rank keeps the inverses it applies.
 
         Raises:
             ValueError: a state of another version or approximation, or for other layers
@@ -721,8 +798,8 @@ class KFAC(torch.optim.Optimizer):
             raise ValueError(f"state_dict: saved for blocks of kinds {state['block_kinds']}, the "
                              f"model's are {kinds}")
         device = self._layout.trainable()[0].device
-        self._arrange([blocks[i] for i in order])
         self._ordered = state["ordered"]
+        self._arrange([blocks[i] for i in order])
         for group, saved in zip(self.param_groups, state["param_groups"], strict=True):
             group.update(saved)
         self._k, self._rejected = state["k"], state["rejected"]
@@ -730,8 +807,8 @@ class KFAC(torch.optim.Optimizer):
         self._damping_bounds = state["damping_bounds"]
         self._delta0 = None if state["delta0"] is None else state["delta0"].to(device).clone()
         self._stats.load_state_dict(state["statistics"], device)
-        self._inverse_data = _cloned(state["inverse"], device)
-        self._inverse = self._rebuild_inverse(self._inverse_data)
+        self._replicas.keep_share_(self._stats.tensors())
+        self._inverse = self._rebuild_inverse(_cloned(state["inverse"], device))
         self._seed = state["seed"]
         self._generator = None
         if state["rng"] is not None:
@@ -743,18 +820,12 @@ class KFAC(torch.optim.Optimizer):
                               f"{device}; reseeding, so sampled targets will differ",
                               KFACWarning, stacklevel=2)
 
-    def _rebuild_inverse(self, data: dict | None) -> kronlin.LinearOperator | None:
+    def _rebuild_inverse(self, data: list | None) -> list[kronlin.LinearOperator | None] | None:
+        """Each unit's inverse from its saved tensors, on the ranks that apply it."""
         if data is None:
             return None
-        if self.approx == "blockdiag":
-            return kronlin.BlockDiag([b.inverse_operator(t) for b, t in
-                                      zip(self._blocks, data["blocks"], strict=True)])
-        chain = tridiag_inverse(data["diag"], data["offdiag"])
-        if not data["others"]:
-            return chain
-        return kronlin.BlockDiag([chain, *(b.inverse_operator(t) for b, t in
-                                           zip(self._blocks[self._chain:], data["others"],
-                                               strict=True))])
+        return [unit.operator(tensors) if self._assignment.applies(u) else None
+                for u, (unit, tensors) in enumerate(zip(self._units, data, strict=True))]
 
     def _rng(self, device: torch.device) -> torch.Generator:
         if self._generator is None:
@@ -816,7 +887,7 @@ def _validate(**config: Any) -> None:
             f"gamma_every: expected a multiple of inverse_every={config['inverse_every']} (each γ "
             f"candidate needs fresh inverses), got {config['gamma_every']}"
         )
-    for name in ("stats_fraction", "quad_fraction"):
+    for name in ("stats_fraction", "quad_fraction", "grad_worker_fraction"):
         if not 0 < config[name] <= 1:
             fail(name, "a fraction in (0, 1]")
     if config["unsupported"] not in UNSUPPORTED:

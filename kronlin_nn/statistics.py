@@ -24,7 +24,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["FactorStatistics", "ema_decay"]
+__all__ = ["SYMMETRIC_GROUPS", "FactorStatistics", "ema_decay"]
+
+SYMMETRIC_GROUPS = frozenset({"A", "G"})
+"""The groups whose matrices are symmetric (second moments; vectors among them are diagonals)."""
 
 
 def ema_decay(k: int, ema_max: float) -> float:

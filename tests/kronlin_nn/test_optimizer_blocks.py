@@ -163,8 +163,8 @@ def test_resumed_run_follows_the_same_trajectory_bit_for_bit(approx):
     for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(p, q)
     if approx == "tridiag":  # the chain's inverse, the diagonal blocks beside it
-        assert [type(b).__name__ for b in opt._inverse.blocks] == ["BlockTridiagInverse", "Diagonal",
-                                                                     "Diagonal"]
+        assert [type(op).__name__ for op in opt._inverse] == ["BlockTridiagInverse", "Diagonal",
+                                                                "Diagonal"]
 
 
 def test_non_finite_loss_rejects_the_step_and_leaves_every_statistic():

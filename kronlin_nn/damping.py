@@ -207,15 +207,19 @@ def lm_rest_point(rhos: Sequence[float], decreases: Sequence[float]) -> int:
 
 
 def _top_eigenvalue(M: Tensor, iterations: int = 20) -> Tensor:
-    """The largest eigenvalue of a symmetric PSD ``M`` by power iteration from the ones vector.
+    """The largest eigenvalue of a symmetric PSD ``M`` by power iteration from a fixed vector.
 
     A calibration needs only its order of magnitude; 20 matrix–vector products (``O(d²)``)
     instead of a full eigendecomposition (``O(d³)``). A vector stands for its diagonal
-    matrix, whose largest eigenvalue is its largest entry.
+    matrix, whose largest eigenvalue is its largest entry. The start is ``1 + i/d``, not the
+    ones vector: a softmax output's factor ``G`` has the ones vector in its null space, and the
+    iteration would then start from rounding noise (and differ between runs whose factors
+    differ by rounding, e.g. the same batch on one rank or several).
     """
     if M.ndim == 1:
         return M.max()
-    v = torch.ones(M.shape[0], dtype=M.dtype, device=M.device)
+    d = M.shape[0]
+    v = 1 + torch.arange(d, dtype=M.dtype, device=M.device) / d
     for _ in range(iterations):
         v = M @ v
         v = v / torch.linalg.vector_norm(v).clamp_min(torch.finfo(M.dtype).tiny)

@@ -1,0 +1,239 @@
+"""Distributed K-FAC in gloo process groups of 2, 3 and 4 ranks, against the single process.
+
+Each job trains a tiny float64 network for six steps with every rank feeding its shard (λ₀
+searched at step 1, inverses refreshed at steps 1–4 and 6, γ searched over three candidates and
+ρ computed at steps 2, 4 and 6), and the oracle is the single-process run on the union batch in
+:func:`~kronlin_nn.distributed.union_order`. The shards are contiguous slices of the data, so
+the union order is not the data's own.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from kronlin_nn import KFAC
+from kronlin_nn.curvature import KFACWarning
+from kronlin_nn.distributed import union_order
+
+from .helpers import LOSS_CLASSES, data, flat_params, tiny_mlp
+from .rank_pool import RankPool
+
+SIZES = [5, 7, 6, 3]
+CONFIG = {"seed": 3, "gamma_rule": "greedy", "inverse_every": 2, "gamma_every": 2,
+          "damping_every": 2, "stats_fraction": 0.5, "quad_min_cases": 8}
+STEPS = 6
+SCALARS = ("loss", "lambda", "gamma", "alpha", "mu", "rho")
+
+
+@dataclass(frozen=True)
+class Case:
+    """A job: the shard sizes, the loss, extra KFAC keywords, and whether DDP wraps the model."""
+
+    shards: tuple[int, ...]
+    loss: str = "mse"
+    kfac: tuple[tuple[str, object], ...] = ()
+    ddp: bool = False
+
+    def rows(self, rank: int | None) -> torch.Tensor | slice:
+        """The rank's shard of the data, or (``None``) the union batch in its order."""
+        starts = np.cumsum([0, *self.shards])
+        if rank is not None:
+            return slice(int(starts[rank]), int(starts[rank + 1]))
+        return torch.tensor([int(starts[r]) + i for r, i in union_order(self.shards)])
+
+
+def train(group, case: Case, steps: int = STEPS, resume: bytes | None = None,
+          save_after: int | None = None, bad: tuple[int, int] | None = None) -> dict:
+    """Run ``case`` on this rank's shard (``group=None``: one process on the union batch).
+
+    ``resume``: a saved ``{"model", "opt"}`` to start from; ``save_after``: save after that
+    step (``state_dict`` on every rank); ``bad = (step, rank)``: a NaN input on that rank then.
+    Returns per step the diagnostics, the traffic and the parameters, as plain data.
+    """
+    rank = None if group is None else dist.get_rank(group)
+    model = tiny_mlp(SIZES, seed=0)
+    if case.ddp:
+        net, where = DistributedDataParallel(model, process_group=group), {}
+    else:
+        net, where = model, {"process_group": group}
+    opt = KFAC(net, LOSS_CLASSES[case.loss](), **CONFIG, **dict(case.kfac), **where)
+    if resume is not None:
+        saved = torch.load(io.BytesIO(resume), weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+    x, y = data(case.loss, sum(case.shards), SIZES[0], SIZES[-1])
+    rows = case.rows(rank)
+    out: dict = {"stats": [], "traffic": [], "params": [], "warnings": []}
+    for k in range(1, steps + 1):
+        inputs = x[rows].clone()
+        if bad == (k, rank):
+            inputs[0, 0] = math.nan
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", KFACWarning)
+            out["stats"].append(opt.step(inputs, y[rows]))
+        out["warnings"].append([str(w.message) for w in caught])
+        out["traffic"].append(dict(opt.traffic.step))
+        out["params"].append(flat_params(model).numpy())
+        if save_after == k:
+            buffer = io.BytesIO()
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+            out["saved"] = buffer.getvalue()
+    return out
+
+
+@pytest.fixture(scope="module")
+def run():
+    """``run(job, *args, ranks=n)``: the job on ``n`` ranks of the shared pool."""
+    pools: list[RankPool] = []
+
+    def on_ranks(job, *args, ranks):
+        if not pools or pools[-1].broken:
+            pools.append(RankPool())
+        return pools[-1].run(job, *args, ranks=ranks)
+
+    yield on_ranks
+    for p in pools:
+        p.close()
+
+
+def assert_same_run(ranked: list[dict], reference: dict) -> None:
+    """Every rank has the same parameters, and they and the diagnostics are the reference's."""
+    for out in ranked[1:]:
+        for p, q in zip(out["params"], ranked[0]["params"], strict=True):
+            np.testing.assert_array_equal(p, q)
+    for k, (stats, ref) in enumerate(zip(ranked[0]["stats"], reference["stats"], strict=True)):
+        for key in SCALARS:
+            a, b = stats[key], ref[key]
+            assert (a == b or math.isclose(a, b, rel_tol=1e-6)
+                    or (math.isnan(a) and math.isnan(b))), (k + 1, key, a, b)
+        assert (stats["refreshed"], stats["accepted"]) == (ref["refreshed"], ref["accepted"])
+    p, q = ranked[0]["params"][-1], reference["params"][-1]
+    assert np.abs(p - q).max() <= 1e-6 * np.abs(q).max()
+
+
+def assert_everything_happened(reference: dict) -> None:
+    """The run refreshed, chose among γ candidates and computed ρ."""
+    stats = reference["stats"]
+    assert all(s["accepted"] for s in stats) and sum(s["refreshed"] for s in stats) == 5
+    assert len({s["gamma"] for s in stats}) > 1
+    assert sum(not math.isnan(s["rho"]) for s in stats) == 3  # -inf: h went up
+
+
+EQUAL, UNEQUAL = (16, 16), (10, 13, 9)
+
+
+@pytest.mark.parametrize("fisher", ["mc", "empirical", "exact"])
+@pytest.mark.parametrize("approx", ["blockdiag", "tridiag"])
+@pytest.mark.parametrize(("shards", "loss"), [(EQUAL, "ce"), (UNEQUAL, "mse")],
+                         ids=["2-ranks-equal-ce", "3-ranks-unequal-mse"])
+def test_ranks_follow_the_single_process_run_on_the_union(run, shards, loss, approx, fisher):
+    case = Case(shards, loss, (("approx", approx), ("fisher", fisher)))
+    reference = train(None, case)
+    assert_everything_happened(reference)
+    assert_same_run(run(train, case, ranks=len(shards)), reference)
+
+
+@pytest.mark.parametrize("approx", ["blockdiag", "tridiag"])
+@pytest.mark.parametrize(("shards", "fraction"), [((12, 20), 1 / 2), ((10, 13, 9), 1 / 3),
+                                                  ((8, 9, 10, 11), 1 / 2)],
+                         ids=["2-ranks-each-inverse-on-one", "3-ranks-each-inverse-on-one",
+                              "4-ranks-each-inverse-on-two"])
+def test_inverses_held_by_fewer_ranks_give_the_same_run(run, shards, fraction, approx):
+    case = Case(shards, "bce", (("approx", approx), ("grad_worker_fraction", fraction)))
+    ranked = run(train, case, ranks=len(shards))
+    assert_same_run(ranked, train(None, case))
+    assert all(t.get("directions", 0) > 0 for t in ranked[0]["traffic"])  # proposals broadcast
+
+
+def test_a_ddp_wrapped_model_gives_the_same_run(run):
+    case = Case(UNEQUAL, "ce", (("approx", "tridiag"),), ddp=True)
+    assert_same_run(run(train, case, ranks=3), train(None, Case(UNEQUAL, "ce", case.kfac)))
+
+
+@pytest.mark.parametrize("fraction", [1.0, 1 / 2])
+def test_a_two_rank_checkpoint_resumes_in_one_process(run, fraction):
+    case = Case(EQUAL, "bce", (("grad_worker_fraction", fraction),))
+    ranked = run(train, case, 3, None, 3, ranks=2)
+    assert ranked[0]["saved"] == ranked[1]["saved"]  # every rank returns the whole state
+    resumed = train(None, case, 3, ranked[0]["saved"])
+    uninterrupted = train(None, case)
+    assert_same_run([{"stats": ranked[0]["stats"] + resumed["stats"],
+                      "params": ranked[0]["params"] + resumed["params"]}], uninterrupted)
+
+
+def test_a_one_process_checkpoint_resumes_on_three_ranks(run):
+    case = Case(UNEQUAL, "ce", (("approx", "tridiag"), ("grad_worker_fraction", 1 / 3)))
+    first = train(None, case, 3, None, 3)
+    resumed = run(train, case, 3, first["saved"], ranks=3)
+    uninterrupted = train(None, case)
+    assert_same_run([{"stats": first["stats"] + r["stats"], "params": first["params"] + r["params"]}
+                     for r in resumed], uninterrupted)
+
+
+def test_a_non_finite_loss_on_one_rank_rejects_the_step_on_every_rank(run):
+    ranked = run(train, Case(UNEQUAL), 4, None, None, (3, 1), ranks=3)
+    for out in ranked:
+        rejected = out["stats"][2]
+        assert not rejected["accepted"] and math.isnan(rejected["alpha"])
+        np.testing.assert_array_equal(out["params"][2], out["params"][1])  # untouched
+        assert any("rejected" in w for w in out["warnings"][2])
+        assert out["stats"][3]["accepted"]
+        assert out["stats"][3]["lambda"] == ranked[0]["stats"][3]["lambda"]  # raised alike
+    for out in ranked[1:]:
+        np.testing.assert_array_equal(out["params"][-1], ranked[0]["params"][-1])
+
+
+def refuse_a_fraction(group) -> str:
+    try:
+        KFAC(tiny_mlp(SIZES), LOSS_CLASSES["mse"](), process_group=group, grad_worker_fraction=0.5)
+    except ValueError as err:
+        return str(err)
+    return "accepted"
+
+
+def test_a_fraction_of_ranks_that_does_not_divide_the_world_is_refused(run):
+    for message in run(refuse_a_fraction, ranks=3):
+        assert message.startswith("grad_worker_fraction: expected a fraction f with f·W a divisor "
+                                  "of the world size W = 3 (1/3, 3/3), got 0.5")
+
+
+def closed_form(step: int, fraction: float, world: int) -> dict[str, int]:
+    """The payload bytes of step ``step`` ≥ 2 of :data:`CONFIG` on ``world`` ranks, counted by hand.
+
+    P parameters, S entries of the factors' upper triangles (= those of each candidate's
+    inverses: the damped factors' inverses have the factors' shapes), float64; ``c``
+    candidates (3 on γ steps); a refresh reduces every factor to its owner and, unless each
+    inverse stays on one rank, broadcasts every candidate's inverses; with inverses on one rank
+    each, every step broadcasts the ``c`` proposals.
+    """
+    layers = list(zip(SIZES[:-1], SIZES[1:], strict=True))
+    P = sum((a + 1) * b for a, b in layers)
+    S = sum((a + 1) * (a + 2) // 2 + b * (b + 1) // 2 for a, b in layers)
+    gamma_step, refresh, rho = step % 2 == 0, step % 2 == 0 or step <= 3, step % 2 == 0
+    c = 3 if gamma_step else 1
+    out = {"gradient": (P + 2) * 8,  # the loss and the statistics' check ride along
+           "scalars": world * 8 + (c + 1) ** 2 * 8 + rho * 8 + refresh * c * 4}
+    if refresh:
+        out["factors"] = S * 8
+        if fraction * world > 1:
+            out["inverses"] = c * S * 8
+    if fraction * world < world:
+        out["directions"] = c * P * 8
+    return out
+
+
+@pytest.mark.parametrize("fraction", [1.0, 1 / 2])
+def test_bytes_per_step_are_the_closed_form_count(run, fraction):
+    case = Case(EQUAL, "mse", (("grad_worker_fraction", fraction),))
+    for out in run(train, case, ranks=2):
+        for step, traffic in enumerate(out["traffic"][1:], start=2):
+            assert traffic == closed_form(step, fraction, 2), step

@@ -54,6 +54,7 @@ symmetric matrices travel as their upper triangles. :class:`Traffic` counts the 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -70,6 +71,7 @@ __all__ = [
     "Replicas",
     "Shards",
     "Traffic",
+    "join_torchrun",
     "lpt",
     "union_order",
     "union_positions",
@@ -85,6 +87,26 @@ _BUS = {
     "broadcast": lambda n: 1.0,
     "all_gather_object": lambda n: (n - 1) / n,
 }
+
+
+def join_torchrun(device: str = "cpu") -> torch.device:
+    """Join the process group that ``torchrun``'s environment describes; this rank's device.
+
+    gloo for CPU, NCCL for CUDA with each rank on the GPU of its ``LOCAL_RANK``. Without
+    ``torchrun`` (no ``WORLD_SIZE``, or 1) no group is made: a single process.
+
+    Args:
+        device: ``"cpu"`` or ``"cuda"``.
+
+    """
+    if device == "cuda":
+        where = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(where)
+    else:
+        where = torch.device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if where.type == "cuda" else "gloo")
+    return where
 
 
 # -- the union batch --------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -237,3 +237,37 @@ def test_bytes_per_step_are_the_closed_form_count(run, fraction):
     for out in run(train, case, ranks=2):
         for step, traffic in enumerate(out["traffic"][1:], start=2):
             assert traffic == closed_form(step, fraction, 2), step
+
+
+def run_experiment(group, name: str) -> list[dict]:
+    """The autoencoder experiment's training loop on a small random set, 3 steps (every rank)."""
+    from kronlin_nn.experiments import methods, models, training
+
+    torch.manual_seed(0)
+    model = models.autoencoder([16, 8, 4, 8, 16]).double()
+    x = torch.rand(800, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    plain = methods.make_method(name, methods.Setting("digits", 800, 16, 0), sgd_lr=0.01)
+    built = []
+    method = replace(plain, make_optimizer=lambda m: built.append(plain.make_optimizer(m))
+                     or built[0])
+    result = training.train(method, model, x, budget=math.inf, seed=0, polyak_start=1,
+                            max_iterations=3, evaluate_along=False, progress=None)
+    records = [{key: r.get(key) for key in ("iteration", "batch_size", "train_error", "loss")}
+               for r in result.records]
+    shards = getattr(built[0], "_shards", None)  # K-FAC's last step: the shard sizes
+    return [{**r, "shards": None if shards is None else shards.sizes} for r in records]
+
+
+@pytest.mark.parametrize("name", ["kfac-tridiag", "sgd"])
+def test_the_experiments_training_loop_on_four_ranks_computes_the_single_process_iterates(
+        run, name):
+    reference = run_experiment(None, name)
+    for records in run(run_experiment, name, ranks=4):  # the whole world: train() uses it
+        assert [r["iteration"] for r in records] == [0, 3]
+        if name.startswith("kfac"):  # a quarter of each batch on each rank
+            batch = records[-1]["batch_size"]
+            assert records[-1]["shards"] == tuple(len(range(r, batch, 4)) for r in range(4))
+        for r, q in zip(records, reference, strict=True):
+            assert r["batch_size"] == q["batch_size"]
+            assert math.isclose(r["train_error"], q["train_error"], rel_tol=1e-9)
+            assert r["loss"] == q["loss"] or math.isclose(r["loss"], q["loss"], rel_tol=1e-9)

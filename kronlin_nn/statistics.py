@@ -26,8 +26,7 @@ from torch import Tensor
 
 __all__ = ["SYMMETRIC_GROUPS", "FactorStatistics", "ema_decay"]
 
-SYMMETRIC_GROUPS = frozenset({"A", "G"})
-"""The groups whose matrices are symmetric (second moments; vectors among them are diagonals)."""
+SYMMETRIC_GROUPS = frozenset({"A", "G"})  # second moments (a vector among them: a diagonal)
 
 
 def ema_decay(k: int, ema_max: float) -> float:

@@ -75,8 +75,7 @@ class CurvatureBlock(ABC):
         chainable: whether the block may be a link of a block-tridiagonal chain (paper §4.3).
         recorded: whether the block needs its module's calls recorded.
         cached_tangents: whether :meth:`tangent_forward` gives a forward (else ``None``).
-        symmetric_inverses: whether the square matrices among :meth:`inverse_tensors` are
-            symmetric (other ranks then receive their upper triangle only).
+        symmetric_inverses: whether the square matrices of :meth:`inverse_tensors` are symmetric.
 
     """
 

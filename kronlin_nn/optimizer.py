@@ -26,6 +26,10 @@ One call per iteration, ``stats = opt.step(inputs, targets)``, runs the paper's 
 
 Host syncs per step: one for the finiteness checks, one for the quadratic model's scalars,
 and one more on ρ steps (plus a few on refresh steps).
+
+In a process group each rank passes its shard of the batch and the iteration is the one on
+the union of the shards; the few collectives that make the union's quantities, and the split
+of the refreshes over the ranks, are :mod:`kronlin_nn.distributed`'s (no-ops in one process).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ __all__ = [
     "levenberg_marquardt",
     "lm_decay",
     "lm_rest_point",
+    "lm_update",
     "pi_scales",
 ]
 
@@ -107,11 +108,37 @@ def levenberg_marquardt(
 
     then clamped to ``bounds``.
     """
-    if rho > 0.75:
-        lam = lam * omega
-    elif not rho >= 0.25:  # also NaN
-        lam = lam / omega
-    return min(max(lam, bounds[0]), bounds[1])
+    return lm_update(lam, rho, omega, bounds, streak=0, max_streak=1)[0]
+
+
+def lm_update(
+    lam: float, rho: float, omega: float, bounds: tuple[float, float], *, streak: int,
+    max_streak: int
+) -> tuple[float, int]:
+    r"""The Levenberg–Marquardt rule whose factor compounds over consecutive moves.
+
+    ``streak`` counts the consecutive applications that moved λ the same way (negative while it
+    shrinks, positive while it grows, 0 after a ρ in :math:`[1/4, 3/4]`). The ``c``-th move in
+    a row multiplies λ by :math:`\omega^{\min(c, c_{\max})}` (or divides it), so λ travels a
+    factor 10 in about 5 applications instead of 9 when ρ keeps saying the same thing, and
+    :math:`c_{\max} = 1` (``max_streak``) is the paper's rule (:func:`levenberg_marquardt`).
+    In full-batch training ρ stays above 3/4 for hundreds of steps while λ is far above the
+    value the quadratic model tolerates; the paper's constant factor then takes ~45 steps per
+    decade.
+
+    Returns:
+        ``(λ, streak)`` after the update, λ clamped to ``bounds``.
+
+    """
+    direction = -1 if rho > 0.75 else (0 if rho >= 0.25 else 1)  # NaN grows λ
+    if direction == 0:
+        streak = 0
+    elif streak * direction > 0:
+        streak += direction
+    else:
+        streak = direction
+    lam = lam * omega ** (-direction * min(abs(streak), max_streak))
+    return min(max(lam, bounds[0]), bounds[1]), streak
 
 
 def gamma_candidates(
@@ -167,18 +194,21 @@ def damping_grid(top: float, decades: int = 8) -> list[float]:
     return [top * 10.0**-j for j in range(decades + 1)]
 
 
-def lm_rest_point(rhos: Sequence[float], decreases: Sequence[float]) -> int:
-    r"""Which λ of a decreasing grid the Levenberg–Marquardt rule would usefully settle at.
+def lm_rest_point(lams: Sequence[float], rhos: Sequence[float], decreases: Sequence[float]) -> float:
+    r"""The λ at which the first batch's ρ falls to 3/4: where the LM rule stops shrinking λ.
 
-    The LM rule (:func:`levenberg_marquardt`) shrinks λ while :math:`\rho > 3/4` and grows it
-    while :math:`\rho < 1/4`. Walking the grid from the largest λ down, this stops at the first
-    candidate with :math:`\rho \le 3/4` and returns it, or the one before it when its ρ is below
-    1/4 (the model stopped being trustworthy inside that decade); it also stops, returning the
-    one before, at a candidate below the best one whose decrease
-    :math:`h(\theta) - h(\theta + \delta)` is less than half the best decrease. So λ₀ starts
-    where the rule is at rest on the first batch, instead of spending the first hundred steps
-    walking down to it (:math:`\omega_1 = 0.95^5` per five steps is a factor 10 every ~45
-    steps).
+    The LM rule (:func:`levenberg_marquardt`) shrinks λ while :math:`\rho > 3/4`. Walking the
+    decreasing grid from the largest λ down, this stops at the first candidate with
+    :math:`\rho \le 3/4` and returns the λ between it and the one before at which ρ, linear in
+    :math:`\log\lambda`, crosses 3/4. Where that candidate's ρ is below 1/4 (or NaN, or
+    :math:`h` increased) ρ falls too steeply to interpolate and the one before is returned. The
+    walk also stops, returning the candidate before, at a candidate below the best one whose
+    decrease :math:`h(\theta) - h(\theta + \delta)` is less than half the best decrease.
+
+    Why the crossing and not the first candidate past it: starting where the rule is at rest
+    made the following steps, with momentum, overshoot (uphill updates at steps 5–20 on a tanh
+    classifier of scikit-learn's digits); a whole grid step above it was a decade too cautious
+    on others (an MLP with LayerNorm then needed twice the iterations).
 
     The decrease test matters because ρ alone cannot see a useless proposal: with a tiny
     γ = √(λ + η) the damped K-FAC inverse amplifies directions that the exact Fisher finds
@@ -186,40 +216,45 @@ def lm_rest_point(rhos: Sequence[float], decreases: Sequence[float]) -> int:
     :math:`h` by a fraction of what a larger λ achieves.
 
     Args:
-        rhos: :math:`\rho(\lambda_j)` for the candidates in decreasing order of λ (NaN or
-            :math:`-\infty` where the step failed or increased :math:`h`).
+        lams: the candidates, decreasing.
+        rhos: :math:`\rho(\lambda_j)` (NaN or :math:`-\infty` where the step failed or
+            increased :math:`h`).
         decreases: :math:`h(\theta) - h(\theta + \delta_j)`, NaN where not finite.
 
     Returns:
-        The index of the chosen candidate (0 if no candidate decreased :math:`h`).
+        λ₀ (the largest candidate if none decreased :math:`h`).
 
     """
     finite = [d if d > 0 else 0.0 for d in decreases]  # NaN and increases count as no decrease
     best = max(range(len(finite)), key=finite.__getitem__)
     if finite[best] == 0.0:
-        return 0
+        return lams[0]
     for j, rho in enumerate(rhos):
         if j > best and finite[j] < 0.5 * finite[best]:
-            return j - 1
+            return lams[j - 1]
         if not rho > 0.75:
-            return j if rho >= 0.25 or j == 0 else j - 1
-    return len(rhos) - 1
+            if j == 0:
+                return lams[0]
+            if not rho >= 0.25:
+                return lams[j - 1]
+            t = (rhos[j - 1] - 0.75) / (rhos[j - 1] - rho)  # in (0, 1]: ρ(j−1) > 3/4 ≥ ρ(j)
+            return lams[j - 1] * (lams[j] / lams[j - 1]) ** t
+    return lams[-1]
 
 
 def _top_eigenvalue(M: Tensor, iterations: int = 20) -> Tensor:
-    """The largest eigenvalue of a symmetric PSD ``M`` by power iteration from a fixed vector.
+    """The largest eigenvalue of a symmetric PSD ``M`` by power iteration.
 
     A calibration needs only its order of magnitude; 20 matrix–vector products (``O(d²)``)
     instead of a full eigendecomposition (``O(d³)``). A vector stands for its diagonal
-    matrix, whose largest eigenvalue is its largest entry. The start is ``1 + i/d``, not the
-    ones vector: a softmax output's factor ``G`` has the ones vector in its null space, and the
-    iteration would then start from rounding noise (and differ between runs whose factors
-    differ by rounding, e.g. the same batch on one rank or several).
+    matrix, whose largest eigenvalue is its largest entry. The start is a fixed pseudo-random
+    vector, not the ones vector: that is the null vector of a softmax output's gradient factor
+    (its rows sum to zero), from which the iteration would run on rounding noise.
     """
     if M.ndim == 1:
         return M.max()
-    d = M.shape[0]
-    v = 1 + torch.arange(d, dtype=M.dtype, device=M.device) / d
+    start = torch.Generator().manual_seed(0)
+    v = torch.rand(M.shape[0], generator=start, dtype=M.dtype).add_(0.5).to(M.device)
     for _ in range(iterations):
         v = M @ v
         v = v / torch.linalg.vector_norm(v).clamp_min(torch.finfo(M.dtype).tiny)

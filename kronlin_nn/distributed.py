@@ -1,10 +1,11 @@
 r"""Data-parallel K-FAC on ``torch.distributed``: every collective call of the optimizer is here.
 
 In an initialized process group (gloo on CPU, NCCL on CUDA; ``torchrun`` starts the processes),
-each rank calls ``opt.step(inputs, targets)`` on its own *shard* of the batch, and the iteration
-is defined as the single-process iteration on the *union* of the shards (docs: "Distributed
-K-FAC"). The optimizer stays generic: it asks a :class:`Replicas` for the few collectives that
-make the union's quantities, and a single process gets the same calls as no-ops.
+each rank steps on its own *shard* of the batch (``opt.step(inputs, targets)``, or its own forward
+and backward passes then ``opt.step()``, or ``opt.step(closure)``), and the iteration is defined
+as the single-process iteration on the *union* of the shards (docs: "Distributed K-FAC"). The
+optimizer stays generic: it asks a :class:`Replicas` for the few collectives that make the
+union's quantities, and a single process gets the same calls as no-ops.
 
 The union batch. Shards may differ in size. The union is ordered by a fixed rule
 (:func:`union_order`): case ``i`` of a shard of ``m_r`` cases sits at ``(i + ½)/m_r``, ties by
@@ -17,9 +18,15 @@ first cases of its shard, in proportion to its size (:class:`Shards`).
 What is reduced, and when:
 
 - the objective and the gradient: each rank's loss and gradient, weighted by its share of the
-  union's reduction (:math:`m_r/M` for ``reduction="mean"``, 1 for ``"sum"``), summed in one
-  all-reduce with the finiteness check of the statistics, every step; weight decay is added
-  after the sum;
+  union's reduction (:math:`m_r/M` for ``reduction="mean"``, with case weights its sum of what
+  the mean divides by over the union's; 1 for ``"sum"``), summed in one all-reduce with the
+  finiteness check of the statistics, every step; weight decay is added after the sum. The
+  user's backward through a ``DistributedDataParallel`` model has averaged ``.grad`` already:
+  that mean is the union's gradient (times :math:`W` for ``"sum"``) when the shares are equal,
+  and is refused otherwise, never reduced twice;
+- with case weights (class weights, ``ignore_index``, label smoothing), every rank's sums of
+  them, one all-reduce of a table per step: the shares and the sub-batches' weights are the
+  union's;
 - the factor statistics: each rank keeps the moving average of *its share* of each batch's
   statistics (its :math:`S_1` cases' sums over the union's :math:`|S_1|`). The average is
   linear and every rank uses the same :math:`\epsilon_k`, so the sum of the ranks' averages
@@ -55,6 +62,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -320,20 +328,31 @@ class Replicas:
     Args:
         group: the process group, or ``None`` for a single process.
         device: where the communicated tensors live (the model's device; NCCL needs CUDA).
+        wrapper: the ``DistributedDataParallel`` wrapping the model, if any.
 
     Attributes:
         rank, size: this process's rank in the group and the group's size.
+        wrapper: the ``DistributedDataParallel`` model, whose backward averages ``.grad`` in
+            the user's own loop (``None``: not wrapped, or one process).
         traffic: the bytes moved (:class:`Traffic`).
 
     """
 
-    def __init__(self, group: dist.ProcessGroup | None, device: torch.device):
+    def __init__(self, group: dist.ProcessGroup | None, device: torch.device,
+                 wrapper: DistributedDataParallel | None = None):
         self.group, self.device = group, device
         self.size = 1 if group is None else dist.get_world_size(group)
         self.rank = 0 if group is None else dist.get_rank(group)
         self.traffic = Traffic()
         self._grids: dict[int, tuple] = {}  # workers → (column group, row group)
         self._layouts: dict[int, tuple] = {}  # unit → (dtype, [(shape, symmetric)]) of its inverse
+        # a DDP model's backward averages .grad; whether its last forward (since the last step)
+        # prepared that reduction (None: no forward through it)
+        self.wrapper = None if self.size == 1 else wrapper
+        self._synced: bool | None = None
+        if self.wrapper is not None:
+            me = weakref.ref(self)
+            self.wrapper.register_forward_pre_hook(lambda module, _args: _note_sync(me, module))
 
     @classmethod
     def of(cls, model: nn.Module,
@@ -342,9 +361,10 @@ class Replicas:
 
         Args:
             model: the network, or a ``DistributedDataParallel`` wrapping it. The optimizer
-                trains the wrapped module (its own backward pass is ``torch.autograd.grad``,
-                which DDP's reducer does not see) and reduces the gradient itself, weighted by
-                the shards' sizes, which DDP's mean over ranks is not when shards differ.
+                trains the wrapped module. For ``opt.step(inputs, targets)`` it reduces the
+                gradient itself, weighted by the shards' shares (its backward pass is
+                ``torch.autograd.grad``, which DDP's reducer does not see); the user's
+                backward through the wrapper has averaged ``.grad`` (:meth:`averaged`).
             process_group: the data-parallel group; default: the DDP model's, else the
                 default group if one is initialized, else a single process.
 
@@ -357,7 +377,8 @@ class Replicas:
         device = next(network.parameters()).device
         if process_group is not None and dist.get_world_size(process_group) == 1:
             process_group = None
-        return network, cls(process_group, device)
+        wrapper = model if isinstance(model, DistributedDataParallel) else None
+        return network, cls(process_group, device, wrapper)
 
     # -- construction ------------------------------------------------------------------------
     def broadcast_(self, tensors: Sequence[Tensor]) -> None:
@@ -435,18 +456,58 @@ class Replicas:
                              f"{list(shards.sizes)}")
         return shards
 
-    def sum_shares(self, tensors: Sequence[Tensor], weight: float, kind: str) -> list[Tensor]:
+    def sum_shares(self, tensors: Sequence[Tensor], weight: float, kind: str,
+                   unweighted: Sequence[Tensor] = ()) -> list[Tensor]:
         r""":math:`\sum_r w_r t_r` over the ranks of each tensor, ``w`` this rank's ``weight``.
 
-        One all-reduce of all the tensors; in one process, the tensors themselves.
+        One all-reduce of all the tensors, and of the ``unweighted`` ones (summed as they are,
+        returned after the others); in one process, the tensors themselves.
         """
         if self.size == 1:
-            return list(tensors)
-        flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+            return [*tensors, *unweighted]
+        flat = torch.cat([t.detach().reshape(-1) for t in [*tensors, *unweighted]])
         if weight != 1.0:
-            flat.mul_(weight)
+            flat[: sum(t.numel() for t in tensors)].mul_(weight)
         self._all_reduce(flat, kind)
-        return _split(flat, [t.shape for t in tensors])
+        return _split(flat, [t.shape for t in [*tensors, *unweighted]])
+
+    def averaged(self, shares: Sequence[float]) -> bool:
+        """Whether the user's backward averaged ``.grad`` over the ranks (a DDP model's did).
+
+        Args:
+            shares: every rank's share of the union batch's loss: DDP's mean weighs the ranks
+                equally, which is the union's gradient only when these are equal.
+
+        Raises:
+            ValueError: the model is wrapped in ``DistributedDataParallel`` but the passes since
+                the last step did not run through it, the last one ran under ``no_sync()``, or
+                the ranks' shares differ.
+
+        """
+        if self.wrapper is None:
+            return False
+        how = ("call the DistributedDataParallel model in your loop, or give KFAC the unwrapped "
+               "model (K-FAC then reduces the gradient itself, weighted by the ranks' shares)")
+        if self._synced is None:
+            raise ValueError(f"opt.step(): the model is wrapped in DistributedDataParallel, but "
+                             f"the forward passes since the last step did not run through the "
+                             f"wrapper, so .grad is not averaged over the ranks: {how}")
+        if not self._synced:
+            raise ValueError("opt.step(): the last forward pass through the "
+                             "DistributedDataParallel model ran under no_sync(), so .grad is not "
+                             "averaged over the ranks: run the last micro-batch outside no_sync()")
+        if len(set(shares)) > 1:
+            raise ValueError(
+                f"opt.step(): DistributedDataParallel averaged .grad over the ranks with equal "
+                f"weights, but the ranks' shares of the union batch's loss differ "
+                f"({[round(s, 6) for s in shares]}: unequal shard sizes, or case weights of "
+                f"another sum); give every rank an equal share, or {how}"
+            )
+        return True
+
+    def forget_passes(self) -> None:
+        """A step consumed the user's passes: the wrapper's next forward pass starts anew."""
+        self._synced = None
 
     def all_ok(self, ok: Tensor) -> Tensor:
         """Elementwise: whether ``ok`` holds on every rank (booleans)."""
@@ -615,6 +676,13 @@ class Replicas:
     def _reduce(self, t: Tensor, dst: int) -> None:
         dist.reduce(t, group=self.group, group_dst=dst)
         self.traffic.record("factors", "reduce", t.numel() * t.element_size(), self.size)
+
+
+def _note_sync(replicas: weakref.ref, wrapper: DistributedDataParallel) -> None:
+    """The wrapper's forward pre-hook: whether this pass's backward will average ``.grad``."""
+    found = replicas()
+    if found is not None and torch.is_grad_enabled():  # a pass without gradients is no step's
+        found._synced = bool(wrapper.require_backward_grad_sync)
 
 
 # -- packing ----------------------------------------------------------------------------------

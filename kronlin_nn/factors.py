@@ -57,13 +57,14 @@ def output_vectors(
     targets: Tensor | None,
     fisher: FisherKind,
     generator: torch.Generator | None,
+    scale: Tensor | None = None,
     rows: tuple[Sequence[int], int] | None = None,
 ) -> Tensor:
     r"""The vectors to backpropagate from the outputs: shape ``(K, n, D)``.
 
     ``"mc"``: :math:`\nabla_z \ell(\hat y, z)` with :math:`\hat y \sim r(\cdot\mid z)` (``K = 1``);
-    ``"empirical"``: the same with the data's targets; ``"exact"``: the ``K = D`` columns of
-    :math:`F_R^{1/2}`, so that summing over ``K`` gives :math:`E_{\hat y}` exactly.
+    ``"empirical"``: the loss's gradient for the data's targets; ``"exact"``: the ``K = D``
+    columns of :math:`F_R^{1/2}`, so that summing over ``K`` gives :math:`E_{\hat y}` exactly.
 
     Args:
         dist: the loss's predictive distribution.
@@ -71,6 +72,8 @@ def output_vectors(
         targets: the data's targets (used by ``"empirical"`` only).
         fisher: ``"mc"``, ``"empirical"`` or ``"exact"``.
         generator: random source for ``"mc"``.
+        scale: ``(n, D)`` or ``(n, 1)`` factors of the loss's weights
+            (:attr:`~kronlin_nn.losses.SubBatchWeights.outputs`), or ``None``.
         rows: ``(positions, N)``: the cases of ``z`` are rows ``positions`` of a batch of
             ``N`` cases (a shard of a union batch); ``"mc"`` then draws the sample of all ``N``
             cases and gives each case its row, so that a case's target does not depend on how
@@ -79,14 +82,22 @@ def output_vectors(
 
     """
     if fisher == "mc":
-        if rows is not None and rows[1] != z.shape[0]:
-            index = torch.as_tensor(rows[0], dtype=torch.long, device=z.device)
-            union = z.new_zeros(rows[1], z.shape[1]).index_copy_(0, index, z)
-            return dist.output_grad(z, dist.sample_targets(union, generator)[index])[None]
-        return dist.output_grad(z, dist.sample_targets(z, generator))[None]
-    if fisher == "empirical":
-        return dist.output_grad(z, targets)[None]
-    return dist.fisher_sqrt(z)
+        vectors = dist.output_grad(z, _sample(dist, z, generator, rows))[None]
+    elif fisher == "empirical":
+        vectors = dist.data_grad(z, targets)[None]
+    else:
+        vectors = dist.fisher_sqrt(z)
+    return vectors if scale is None else vectors * scale
+
+
+def _sample(dist: PredictiveDistribution, z: Tensor, generator: torch.Generator | None,
+            rows: tuple[Sequence[int], int] | None) -> Tensor:
+    """Targets for the cases ``z`` drawn as rows ``rows`` of a batch (see :func:`output_vectors`)."""
+    if rows is None or rows[1] == z.shape[0]:
+        return dist.sample_targets(z, generator)
+    index = torch.as_tensor(rows[0], dtype=torch.long, device=z.device)
+    union = z.new_zeros(rows[1], z.shape[1]).index_copy_(0, index, z)
+    return dist.sample_targets(union, generator)[index]
 
 
 def output_gradients(z: Tensor, outputs: Sequence[Tensor], vectors: Tensor) -> list[Tensor]:
@@ -183,9 +194,11 @@ def kfac_factors(
     Args:
         model: the network; every trainable parameter gets a block (:mod:`kronlin_nn.blocks`).
         loss_fn: ``nn.MSELoss``, ``nn.BCEWithLogitsLoss`` or ``nn.CrossEntropyLoss`` (reduction
-            ``"mean"`` or ``"sum"``); its reduction sets :math:`\kappa`.
+            ``"mean"`` or ``"sum"``, any other option: :mod:`kronlin_nn.losses`); its reduction
+            sets :math:`\kappa`.
         inputs: a batch of ``N`` cases, ``model(inputs)`` of shape ``(N, …)``.
-        targets: the batch's targets (used by ``fisher="empirical"`` only).
+        targets: the batch's targets (by ``fisher="empirical"``, and for the loss's weights:
+            ``ignore_index``, class weights, ``pos_weight``).
         fisher: ``"mc"`` (one target sampled per case from the model), ``"empirical"`` (data
             targets) or ``"exact"`` (expectation over the model's distribution).
         generator: random source for ``"mc"`` (default: torch's global generator).
@@ -213,6 +226,7 @@ def kfac_factors(
     check_fisher(fisher)
     blocks = [b for b in model_blocks(model, unsupported) if b.recorded]
     dist = predictive_distribution(loss_fn)
+    dist.check_fisher(fisher)
     z, calls = forward_recorded(model, [b.module for b in blocks], inputs)
     dist.check_output(z)
     per_block = group_calls(calls, len(blocks))
@@ -220,14 +234,16 @@ def kfac_factors(
         block.check(block_calls)
     n = z.shape[0]
     z = z.reshape(n, -1)
-    targets = flat_targets(targets, n) if fisher == "empirical" else None
-    vectors = output_vectors(dist, z.detach(), targets, fisher, generator)
+    weights = dist.weights(targets, n, z.dtype)
+    y = flat_targets(targets, n) if fisher == "empirical" else None
+    vectors = output_vectors(dist, z.detach(), y, fisher, generator, weights.outputs)
     grads = iter(output_gradients(z, [c.output() for cs in per_block for c in cs], vectors))
     kappa = dist.scale(n, z.shape[1]) * n
     factors = []
     for block, block_calls in zip(blocks, per_block, strict=True):
         block_grads = [next(grads) for _ in block_calls]
-        factors.append(block.factors(block.batch_statistics(block_calls, block_grads, n), kappa))
+        stats = block.batch_statistics(block_calls, block_grads, n, weights.inputs)
+        factors.append(block.factors(stats, kappa))
     return BlockFactors(blocks, factors)
 
 

@@ -38,6 +38,7 @@ from .capture import LayerIO, group_calls
 
 __all__ = [
     "cached_output_jvps",
+    "gram_accuracy",
     "model_change",
     "output_jvps",
     "reduction_ratio",
@@ -147,30 +148,55 @@ def _load_forward_ad_rules() -> None:
 
 
 def solve_coefficients(
-    A: np.ndarray, c: np.ndarray, fixed: Sequence[float | None] = (None, None)
+    A: np.ndarray, c: np.ndarray, fixed: Sequence[float | None] = (None, None),
+    rcond: float = 1e-12,
 ) -> np.ndarray:
     r"""Minimize :math:`\tfrac12 x^\top A x + c^\top x` over the free entries of :math:`x = (\alpha, \mu)`.
 
     With both free this is the 2×2 system of arXiv §7, :math:`x^* = -A^{-1}c`; with ``μ``
     fixed at 0 (first step, or no momentum) it is :math:`\alpha^* = -c_1/A_{11}` (arXiv §6.4).
     Singular systems (e.g. :math:`\delta_0 = 0`) are solved by pseudo-inverse, as the authors'
-    code does, which leaves the coefficient of a zero vector at 0.
+    code does, which leaves the coefficient of a zero vector at 0. The pseudo-inverse is taken
+    of :math:`A` scaled to a unit diagonal and drops eigenvalues below ``rcond`` (relative to
+    the largest), negative ones included: :math:`A` is positive semi-definite in exact
+    arithmetic, and when :math:`\Delta` and :math:`\delta_0` are nearly parallel (late in
+    training, where the gradient is close to rounding noise) its small eigenvalue is rounding
+    error, whose inverse would give μ in the hundreds.
 
     Args:
         A: the 2×2 matrix :math:`[u_i^\top (F + (\lambda+\eta) I) u_j]` for :math:`u = (\Delta, \delta_0)`.
         c: :math:`(\nabla h^\top \Delta, \nabla h^\top \delta_0)`.
         fixed: per coefficient, a fixed value or ``None`` (free).
+        rcond: the relative accuracy of :math:`A`'s entries (see :func:`gram_accuracy`).
 
     Returns:
         ``x = (α, μ)`` as float64.
 
     """
     x = np.array([0.0 if f is None else f for f in fixed], dtype=np.float64)
-    free = np.array([f is None for f in fixed])
-    if free.any():
-        rhs = -(c[free] + A[np.ix_(free, ~free)] @ x[~free])
-        x[free] = np.linalg.pinv(A[np.ix_(free, free)]) @ rhs
+    free = np.flatnonzero([f is None for f in fixed])
+    fixed_at = np.flatnonzero([f is not None for f in fixed])
+    if free.size == 0:
+        return x
+    rhs = -(c[free] + A[np.ix_(free, fixed_at)] @ x[fixed_at])
+    scale = np.sqrt(np.clip(np.diag(A)[free], 0.0, None))
+    live = scale > 0
+    if live.any():
+        s = scale[live]
+        w, Q = np.linalg.eigh(A[np.ix_(free[live], free[live])] / np.outer(s, s))
+        keep = w > rcond * w.max()
+        y = Q[:, keep] @ ((Q[:, keep].T @ (rhs[live] / s)) / w[keep])
+        x[free[live]] = y / s
     return x
+
+
+def gram_accuracy(dtype: torch.dtype, size: int) -> float:
+    r"""The relative accuracy of an inner product of ``size`` entries: :math:`\sqrt{P}\,\epsilon`.
+
+    The root-mean-square rounding error of a sum of ``P`` products, relative to its scale; the
+    quadratic model's 2×2 entries are such inner products of parameter-sized vectors.
+    """
+    return math.sqrt(size) * torch.finfo(dtype).eps
 
 
 def model_change(A: np.ndarray, c: np.ndarray, x: np.ndarray) -> float:

@@ -129,7 +129,7 @@ class CurvatureBlock(ABC):
 
     @abstractmethod
     def batch_statistics(self, calls: Sequence[LayerIO], grads: Sequence[Tensor],
-                         n: int) -> list[Tensor]:
+                         n: int, weights: Tensor | None = None) -> list[Tensor]:
         """The batch's statistics, one tensor per name in :attr:`statistics`.
 
         Args:
@@ -137,6 +137,10 @@ class CurvatureBlock(ABC):
             grads: per call, the gradients backpropagated to its output from ``K`` output
                 vectors, shape ``(K·n, *output.shape[1:])`` (vector-major).
             n: the number of cases.
+            weights: the loss's per-case weights of expectations over the layer's inputs,
+                ``(n,)`` with mean 1 (``None``: uniform;
+                :attr:`~kronlin_nn.losses.SubBatchWeights.inputs`). The output-side weights
+                are already in ``grads``.
 
         """
 

@@ -68,8 +68,11 @@ class DiagonalBlock(FlatBlock):
         """Per parameter, the gradients of each vector and case: ``(K, n, *param.shape)``."""
 
     def batch_statistics(self, calls: Sequence[LayerIO], grads: Sequence[Tensor],
-                         n: int) -> list[Tensor]:
-        r""":math:`[D]`, :math:`D = \frac1n\sum_{k,i} (\partial_\theta \tilde\ell_{ki})^{\odot 2}`, flat."""
+                         n: int, weights: Tensor | None = None) -> list[Tensor]:
+        r""":math:`[D]`, :math:`D = \frac1n\sum_{k,i} (\partial_\theta \tilde\ell_{ki})^{\odot 2}`, flat.
+
+        The loss's case weights are in the output gradients (``weights`` is not needed).
+        """
         squares = [torch.square(g).sum((0, 1)).reshape(-1)
                    for g in self.per_case_gradients(calls, grads, n)]
         return [torch.cat(squares) / n]

@@ -88,12 +88,20 @@ class EmbeddingBlock(FactoredBlock):
 
     # -- statistics ----------------------------------------------------------------------------
     def batch_statistics(self, calls: Sequence[LayerIO], grads: Sequence[Tensor],
-                         n: int) -> list[Tensor]:
-        r""":math:`[f, \tilde G]`: token frequencies (``(V,)``) and :math:`g^\top g/n`."""
+                         n: int, weights: Tensor | None = None) -> list[Tensor]:
+        r""":math:`[f, \tilde G]`: token frequencies (``(V,)``) and :math:`g^\top g/n`.
+
+        With per-case ``weights``, each token counts its case's weight.
+        """
         tokens = torch.cat([c.a.reshape(-1) for c in calls])
         weight = self.module.weight
+        if weights is None:
+            per_token = weight.new_ones(tokens.shape[0])
+        else:
+            w = weights.to(weight.dtype)[:, None]
+            per_token = torch.cat([w.expand(-1, c.a[0].numel()).reshape(-1) for c in calls])
         counts = weight.new_zeros(weight.shape[0]).index_add_(  # no host sync, unlike bincount
-            0, tokens, weight.new_ones(tokens.shape[0]))
+            0, tokens, per_token)
         g = torch.cat([grad.reshape(-1, weight.shape[1]) for grad in grads])
         return [counts / tokens.shape[0], g.T @ g / n]
 

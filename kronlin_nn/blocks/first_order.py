@@ -38,7 +38,7 @@ class FirstOrderBlock(FlatBlock):
 
     @override
     def batch_statistics(self, calls: Sequence[LayerIO], grads: Sequence[Tensor],
-                         n: int) -> list[Tensor]:
+                         n: int, weights: Tensor | None = None) -> list[Tensor]:
         return []
 
     def factors(self, stats: Sequence[Tensor], kappa: float) -> None:

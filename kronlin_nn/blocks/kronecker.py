@@ -114,15 +114,25 @@ class KroneckerBlock(FactoredBlock):
     def locations(self, call: LayerIO) -> int:
         """``R``, the number of locations per case of a call."""
 
-    def rows(self, calls: Sequence[LayerIO], grads: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """``(ā, g)``: all calls' rows, ``ā`` with the homogeneous coordinate."""
-        a = _cat([self.input_rows(c) for c in calls])
-        return homogeneous(a, self.has_bias), _cat([self.gradient_rows(g) for g in grads])
+    def rows(self, calls: Sequence[LayerIO], grads: Sequence[Tensor],
+             weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        r"""``(ā, g)``: all calls' rows, ``ā`` with the homogeneous coordinate.
+
+        With per-case ``weights`` :math:`w` (``(n,)``), every row of case ``i`` of ``ā`` is
+        multiplied by :math:`\sqrt{w_i}`, so that products of rows are weighted expectations.
+        """
+        rows = [self.input_rows(c) for c in calls]
+        a_bar = homogeneous(_cat(rows), self.has_bias)
+        if weights is not None:
+            root = weights.sqrt()[:, None]  # rows are (case, location)-ordered
+            a_bar = a_bar * _cat([root.expand(-1, r.shape[0] // root.shape[0]).reshape(-1, 1)
+                                  for r in rows])
+        return a_bar, _cat([self.gradient_rows(g) for g in grads])
 
     def batch_statistics(self, calls: Sequence[LayerIO], grads: Sequence[Tensor],
-                         n: int) -> list[Tensor]:
+                         n: int, weights: Tensor | None = None) -> list[Tensor]:
         r""":math:`[\bar A, \tilde G]` from the rows: :math:`\bar a^\top\bar a/(nR)`, :math:`g^\top g/n`."""
-        return self.row_statistics(*self.rows(calls, grads), n)
+        return self.row_statistics(*self.rows(calls, grads, weights), n)
 
     @staticmethod
     def row_statistics(a_bar: Tensor, g: Tensor, n: int) -> list[Tensor]:

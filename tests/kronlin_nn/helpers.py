@@ -136,6 +136,17 @@ class SkipNet(nn.Module):
         return self.l3(torch.tanh(self.l2(h)) + h)
 
 
+class RepeatColumns(nn.Module):
+    """Output column ``j`` repeated ``repeats[j]`` times: integer per-output weights made cases."""
+
+    def __init__(self, repeats):
+        super().__init__()
+        self.repeats = repeats
+
+    def forward(self, z):
+        return z.repeat_interleave(self.repeats, dim=1)
+
+
 # -- oracles for any block type: Jacobians per parameter tensor --------------------------------
 def parameter_jacobians(model, x) -> dict:
     """{name: J} with J[n, j, ...] = ∂z_{n,j}/∂p[...] for every trainable parameter p."""

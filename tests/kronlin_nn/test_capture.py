@@ -1,10 +1,21 @@
+import copy
+import gc
+
 import pytest
 import torch
 from torch import nn
 
-from kronlin_nn.capture import Recorder, check_chain, forward_recorded, homogeneous
+from kronlin_nn.capture import (
+    PassRecorder,
+    Recorder,
+    check_chain,
+    forward_recorded,
+    homogeneous,
+    merged_calls,
+    own_passes,
+)
 
-from .helpers import SkipNet, tiny_mlp
+from .helpers import SkipNet, data, tiny_mlp
 
 
 class Reordered(nn.Module):
@@ -84,3 +95,74 @@ def test_recorder_hooks_can_stay_attached_and_record_only_when_started():
     assert len(again) == 2 and recorder._handles
     recorder.detach()
     assert not model[0]._forward_hooks
+
+
+# -- the user's own passes -----------------------------------------------------------------------
+def _recorded(model=None):
+    model = model or tiny_mlp([3, 4, 5, 3])
+    layers = [m for m in model if isinstance(m, nn.Linear)]
+    loss_fn = nn.CrossEntropyLoss()
+    return model, layers, loss_fn, PassRecorder(model, layers, loss_fn, layers[0].weight)
+
+
+def test_pass_recorder_records_the_model_input_layer_calls_and_loss_arguments():
+    model, layers, loss_fn, recorder = _recorded()
+    x, y = data("ce", 6, 3, 3)
+    loss = loss_fn(model(x), y)
+    (p,) = recorder.passes
+    assert torch.equal(p.inputs, x) and torch.equal(p.targets, y) and p.weight is None
+    assert [c.layer for c in p.calls] == [0, 1, 2] and p.autocast is None
+    _, expected = forward_recorded(model, layers, x)
+    for c, e in zip(p.calls, expected, strict=True):
+        assert torch.equal(c.a, e.a) and torch.equal(c.s, e.s) and c.s.grad_fn is None
+    assert torch.equal(p.loss, loss.detach()) and torch.equal(p.z, model(x).detach())
+    (loss / 3).backward()
+    assert recorder.backpropagated() == [p] and p.weight.item() == pytest.approx(1 / 3)
+
+
+def test_pass_recorder_ignores_passes_without_gradients_and_k_fac_s_own():
+    model, _, loss_fn, recorder = _recorded()
+    x, y = data("ce", 6, 3, 3)
+    with torch.no_grad():
+        loss_fn(model(x), y)
+    with own_passes():
+        loss_fn(model(x), y).backward()
+    copy.deepcopy(model)(x)  # a copy's hooks are inert
+    assert recorder.passes == []
+    model(x).sum()  # never backpropagated through loss_fn: dropped at the next pass
+    assert len(recorder.passes) == 1
+    loss = loss_fn(model(x), y)
+    assert len(recorder.passes) == 1 and recorder.passes[0].loss is not None
+    del loss
+    model(x)
+    assert len(recorder.passes) == 1 and recorder.passes[0].loss is None
+
+
+def test_merged_records_of_micro_batches_are_those_of_their_union():
+    model, layers, loss_fn, recorder = _recorded()
+    x, y = data("ce", 12, 3, 3)
+    for rows in (slice(0, 5), slice(5, 7), slice(7, 12)):
+        loss_fn(model(x[rows]), y[rows]).backward()
+    passes = recorder.backpropagated()
+    _, union = forward_recorded(model, layers, x)
+    for n in (3, 6, 12):
+        merged = merged_calls(passes, n, torch.float64)
+        for c, e in zip(merged, union, strict=True):
+            torch.testing.assert_close(c.a, e.a[:n], rtol=1e-15, atol=0)
+            torch.testing.assert_close(c.output(), e.s[:n].detach(), rtol=1e-15, atol=0)
+    assert merged_calls(passes, 4, torch.float32)[0].a.dtype == torch.float32
+    passes[1].calls[1].s.add_(1.0)  # an output changed in place after its pass
+    with pytest.raises(RuntimeError, match="modified in place"):
+        merged_calls(passes, 12, torch.float64)
+    passes[2].calls.reverse()
+    with pytest.raises(ValueError, match="different orders"):
+        merged_calls(passes[1:], 12, torch.float64)
+
+
+def test_pass_recorder_hooks_go_with_the_recorder():
+    model, layers, loss_fn, recorder = _recorded()
+    assert model._forward_hooks and layers[0]._forward_hooks and loss_fn._forward_hooks
+    del recorder
+    gc.collect()
+    assert not model._forward_hooks and not layers[0]._forward_hooks
+    assert not model._forward_pre_hooks and not loss_fn._forward_hooks

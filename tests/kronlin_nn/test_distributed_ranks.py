@@ -4,11 +4,14 @@ Each job trains a tiny float64 network for six steps with every rank feeding its
 searched at step 1, inverses refreshed at steps 1–4 and 6, γ searched over three candidates and
 ρ computed at steps 2, 4 and 6), and the oracle is the single-process run on the union batch in
 :func:`~kronlin_nn.distributed.union_order`. The shards are contiguous slices of the data, so
-the union order is not the data's own.
+the union order is not the data's own. Each rank steps in one of the three forms of
+``KFAC.step`` (its own passes, the user's backward, a closure; the user's gradient accumulated
+over micro-batches too), the oracle always in the first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import warnings
@@ -18,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from kronlin_nn import KFAC
@@ -34,14 +38,31 @@ STEPS = 6
 SCALARS = ("loss", "lambda", "gamma", "alpha", "mu", "rho")
 
 
+FORMS = ("inputs", "backward", "closure", "micro-batches")
+
+
+def make_loss(name: str) -> nn.Module:
+    """The loss module: one of ``LOSS_CLASSES``, ``"mse-sum"``, or ``"ce-weighted"`` (class
+    weights, an ignored class and label smoothing: case weights whose sums differ between
+    shards)."""
+    if name == "mse-sum":
+        return nn.MSELoss(reduction="sum")
+    if name == "ce-weighted":
+        return nn.CrossEntropyLoss(weight=torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64),
+                                   ignore_index=0, label_smoothing=0.1)
+    return LOSS_CLASSES[name]()
+
+
 @dataclass(frozen=True)
 class Case:
-    """A job: the shard sizes, the loss, extra KFAC keywords, and whether DDP wraps the model."""
+    """A job: the shard sizes, the loss, extra KFAC keywords, whether DDP wraps the model,
+    and the form of the steps (:data:`FORMS`)."""
 
     shards: tuple[int, ...]
     loss: str = "mse"
     kfac: tuple[tuple[str, object], ...] = ()
     ddp: bool = False
+    form: str = "inputs"
 
     def rows(self, rank: int | None) -> torch.Tensor | slice:
         """The rank's shard of the data, or (``None``) the union batch in its order."""
@@ -65,12 +86,13 @@ def train(group, case: Case, steps: int = STEPS, resume: bytes | None = None,
         net, where = DistributedDataParallel(model, process_group=group), {}
     else:
         net, where = model, {"process_group": group}
-    opt = KFAC(net, LOSS_CLASSES[case.loss](), **CONFIG, **dict(case.kfac), **where)
+    loss_fn = make_loss(case.loss)
+    opt = KFAC(net, loss_fn, **CONFIG, **dict(case.kfac), **where)
     if resume is not None:
         saved = torch.load(io.BytesIO(resume), weights_only=False)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
-    x, y = data(case.loss, sum(case.shards), SIZES[0], SIZES[-1])
+    x, y = data(case.loss.split("-")[0], sum(case.shards), SIZES[0], SIZES[-1])
     rows = case.rows(rank)
     out: dict = {"stats": [], "traffic": [], "params": [], "warnings": []}
     for k in range(1, steps + 1):
@@ -79,7 +101,7 @@ def train(group, case: Case, steps: int = STEPS, resume: bytes | None = None,
             inputs[0, 0] = math.nan
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", KFACWarning)
-            out["stats"].append(opt.step(inputs, y[rows]))
+            out["stats"].append(step(opt, net, loss_fn, inputs, y[rows], case.form))
         out["warnings"].append([str(w.message) for w in caught])
         out["traffic"].append(dict(opt.traffic.step))
         out["params"].append(flat_params(model).numpy())
@@ -88,6 +110,36 @@ def train(group, case: Case, steps: int = STEPS, resume: bytes | None = None,
             torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
             out["saved"] = buffer.getvalue()
     return out
+
+
+def step(opt: KFAC, net: nn.Module, loss_fn: nn.Module, inputs: torch.Tensor,
+         targets: torch.Tensor, form: str) -> dict:
+    """One step in ``form``; the diagnostics."""
+    if form == "inputs":
+        return opt.step(inputs, targets)
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(net(inputs), targets)
+        loss.backward()
+        return loss
+
+    if form == "closure":
+        opt.step(closure)
+        return opt.last_step
+    if form == "backward":
+        closure()
+        return opt.step()
+    # two micro-batches, each loss times its share of the shard's ("mean"); with a DDP
+    # model, the first one's backward under no_sync() (the last one's averages the sum)
+    opt.zero_grad()
+    half = len(inputs) // 2
+    for j, part in enumerate((slice(0, half), slice(half, None))):
+        share = len(inputs[part]) / len(inputs) if loss_fn.reduction == "mean" else 1.0
+        sync = j == 1 or not isinstance(net, DistributedDataParallel)
+        with net.no_sync() if not sync else contextlib.nullcontext():  # forward and backward
+            (loss_fn(net(inputs[part]), targets[part]) * share).backward()
+    return opt.step()
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +209,57 @@ def test_inverses_held_by_fewer_ranks_give_the_same_run(run, shards, fraction, a
 def test_a_ddp_wrapped_model_gives_the_same_run(run):
     case = Case(UNEQUAL, "ce", (("approx", "tridiag"),), ddp=True)
     assert_same_run(run(train, case, ranks=3), train(None, Case(UNEQUAL, "ce", case.kfac)))
+
+
+@pytest.mark.parametrize(("form", "approx"), [("backward", "tridiag"), ("closure", "blockdiag"),
+                                              ("micro-batches", "blockdiag")])
+def test_the_users_own_passes_on_ranks_give_the_same_run(run, form, approx):
+    case = Case(UNEQUAL, "ce", (("approx", approx),), form=form)
+    assert_same_run(run(train, case, ranks=3), train(None, replace(case, form="inputs")))
+
+
+@pytest.mark.parametrize(("form", "loss"), [("backward", "mse-sum"), ("micro-batches", "bce")])
+def test_the_users_backward_through_ddp_is_averaged_once(run, form, loss):
+    # DDP's mean over the ranks is the union's gradient for equal shares (W times it for a
+    # sum): used, not reduced again
+    case = Case(EQUAL, loss, ddp=True, form=form)
+    ranked = run(train, case, ranks=2)
+    assert_same_run(ranked, train(None, replace(case, ddp=False, form="inputs")))
+    # the loss, the statistics' check and the loss weights' check: no gradient
+    assert all(t["gradient"] == 3 * 8 for t in ranked[0]["traffic"])
+
+
+@pytest.mark.parametrize("form", ["inputs", "backward"])
+def test_a_loss_with_case_weights_weighs_each_rank_by_its_share_of_their_sum(run, form):
+    case = Case(UNEQUAL, "ce-weighted", (("fisher", "exact"),), form=form)
+    assert_same_run(run(train, case, ranks=3), train(None, replace(case, form="inputs")))
+
+
+def refuse_ddp_own_loop(group, shards: tuple[int, ...], bypass: bool) -> str:
+    """The error of a DDP model's own-loop step: unequal shards, or passes around the wrapper."""
+    rank = dist.get_rank(group)
+    model = tiny_mlp(SIZES, seed=0)
+    net = DistributedDataParallel(model, process_group=group)
+    loss_fn = make_loss("mse")
+    opt = KFAC(net, loss_fn, **CONFIG)
+    x, y = data("mse", sum(shards), SIZES[0], SIZES[-1])
+    rows = Case(shards).rows(rank)
+    loss_fn((model if bypass else net)(x[rows]), y[rows]).backward()
+    try:
+        opt.step()
+    except ValueError as err:
+        return str(err)
+    return "accepted"
+
+
+@pytest.mark.parametrize(("shards", "bypass", "says"), [
+    ((10, 13), False, "the ranks' shares of the union batch's loss differ ([0.434783, 0.565217]"),
+    (EQUAL, True, "the forward passes since the last step did not run through the wrapper"),
+])
+def test_the_users_backward_through_ddp_is_refused_where_its_mean_is_not_the_unions(
+        run, shards, bypass, says):
+    for message in run(refuse_ddp_own_loop, shards, bypass, ranks=2):
+        assert message.startswith("opt.step(): ") and says in message, message
 
 
 @pytest.mark.parametrize("fraction", [1.0, 1 / 2])

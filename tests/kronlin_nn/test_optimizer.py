@@ -372,7 +372,7 @@ def test_lambda_and_gamma_trajectory_on_linear_least_squares():
     y = torch.randn(64, 5, generator=g, dtype=torch.float64)
     model = nn.Linear(8, 5).double()
     opt = KFAC(model, nn.MSELoss(reduction="sum"), fisher="exact", stats_fraction=1.0,
-               damping=1e4, weight_decay=0.0, gamma_rule="greedy")
+               damping=1e4, weight_decay=0.0, gamma_rule="greedy", lm_streak=1)
     lambdas, gammas = [], []
     for k in range(1, 21):
         if k == 20:
@@ -587,28 +587,37 @@ def test_default_initial_damping_is_the_lm_rest_point_of_a_dense_search():
     top = max(torch.linalg.eigvalsh(A)[-1] * torch.linalg.eigvalsh(G)[-1] for A, G in factors)
     lams = [top.item() * 10.0**-j for j in range(9)]
     rhos, decreases = _dense_search_rhos(copy.deepcopy(model), loss_fn, "ce", x, y, lams)
-    chosen = lm_rest_point(rhos, decreases)
-    assert 0 < chosen < len(lams) - 1  # an interior choice: the search decided something
+    chosen = lm_rest_point(lams, rhos, decreases)
+    assert lams[-2] < chosen < lams[0]  # an interior choice: the search decided something
     opt = KFAC(model, loss_fn, fisher="exact", stats_fraction=1.0, seed=0)
     out = opt.step(x, y)
-    assert out["lambda"] == pytest.approx(lams[chosen], rel=1e-3)  # power iteration vs eigvalsh
-    assert out["gamma"] == pytest.approx(math.sqrt(lams[chosen]), rel=1e-3)
+    assert out["lambda"] == pytest.approx(chosen, rel=1e-3)  # power iteration vs eigvalsh
+    assert out["gamma"] == pytest.approx(math.sqrt(chosen), rel=1e-3)
     floor, ceiling = opt.state_dict()["damping_bounds"]
-    assert floor == pytest.approx(1e-10 * top.item(), rel=1e-3) and ceiling == math.inf
+    eps = torch.finfo(torch.float64).eps
+    assert floor == pytest.approx(100 * eps * top.item(), rel=1e-3) and ceiling == math.inf
 
 
 def test_tied_gamma_follows_lambda_at_every_refresh():
+    """γ = √(λ+η) at every refresh: on schedule, or early once √(λ+η) drifted a factor 1/ω₂."""
+    drift = -math.log(0.95**10)
     model = tiny_mlp(SIZES)
     x, y = data("mse", 24, 3, 3)
-    opt = KFAC(model, nn.MSELoss(), damping=1.0, weight_decay=1e-3, seed=0, inverse_every=10)
+    opt = KFAC(model, nn.MSELoss(), damping=1.0, weight_decay=1e-3, seed=0, inverse_every=10,
+               damping_every=1)
     history = [opt.step(x, y) for _ in range(25)]
     lambdas = [s["lambda"] for s in history]
-    assert len(set(lambdas)) > 2  # λ moved
+    assert max(lambdas) / min(lambdas) > 10  # λ moved over more than one drift
+    early = 0
     for k, s in enumerate(history, start=1):
-        if k <= 3 or k % 10 == 0:
-            assert s["refreshed"] and s["gamma"] == math.sqrt(s["lambda"] + 1e-3)
+        tied = math.sqrt(s["lambda"] + 1e-3)
+        if s["refreshed"]:
+            assert s["gamma"] == tied
+            early += not (k <= 3 or k % 10 == 0)
         else:
-            assert not s["refreshed"] and s["gamma"] == history[k - 2]["gamma"]
+            assert k > 3 and k % 10 and s["gamma"] == history[k - 2]["gamma"]
+            assert abs(math.log(tied / s["gamma"])) <= drift
+    assert early > 0
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -625,3 +634,43 @@ def test_case_units_convert_damping_and_weight_decay_by_the_loss_scale(reduction
         assert out["lambda"] * kappa == pytest.approx(expected["lambda"], rel=1e-12)
         assert out["loss"] == pytest.approx(expected["loss"], rel=1e-12)
     torch.testing.assert_close(flat_params(model), flat_params(twin), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("reject", [True, False])
+def test_an_update_that_increases_h_on_a_rho_step_is_not_applied(monkeypatch, reject):
+    model, loss_fn, x, y = _small_problem()
+    opt = KFAC(model, loss_fn, damping=1.0, seed=0, damping_every=2, reject_uphill=reject)
+    assert opt.step(x, y)["accepted"]
+    params, h_before = flat_params(model), 0.0
+
+    def uphill(self, inputs, targets, theta, eta):
+        return h_before + 1.0
+
+    monkeypatch.setattr(KFAC, "_objective", uphill)
+    with torch.no_grad():
+        h_before = loss_fn(model(x), y).item()
+    out = opt.step(x, y)
+    assert out["rho"] == -math.inf
+    assert math.isclose(opt.state_dict()["lambda"], 1.0 / 0.95**2)  # the LM rule grew λ
+    if reject:
+        assert not out["accepted"] and torch.equal(flat_params(model), params)
+        assert opt.state_dict()["delta0"] is None
+    else:  # the paper: every update is applied
+        assert out["accepted"] and not torch.equal(flat_params(model), params)
+
+
+def test_default_lower_bound_of_lambda_is_machine_epsilon_times_the_curvature_scale():
+    """float32: the first LM update lifts a λ₀ far below 100·ε₃₂·λ_top onto that bound."""
+    from kronlin_nn.damping import curvature_scale
+
+    model = tiny_mlp(SIZES, dtype=torch.float32)
+    x, y = data("mse", 24, 3, 3, dtype=torch.float32)
+    loss_fn = nn.MSELoss()
+    factors = list(kfac_factors(model, loss_fn, x, y, fisher="exact").values())
+    top = curvature_scale([A for A, _ in factors], [G for _, G in factors])
+    opt = KFAC(model, loss_fn, fisher="exact", stats_fraction=1.0, damping=1e-20 * top,
+               damping_every=1, seed=0)
+    opt.step(x, y)
+    floor, ceiling = opt.state_dict()["damping_bounds"]
+    assert floor == pytest.approx(100 * torch.finfo(torch.float32).eps * top, rel=1e-2)
+    assert ceiling == math.inf and opt.state_dict()["lambda"] == floor

@@ -276,3 +276,7 @@ def test_a_state_for_other_blocks_is_refused():
     stale["version"] = 1  # the linear-only optimizer's checkpoints
     with pytest.raises(ValueError, match=f"expected version {optimizer_module._STATE_VERSION}, got 1"):
         opt.load_state_dict(stale)
+    stale["version"] = 4  # the inverse in the layout before units
+    with pytest.raises(ValueError, match="got 4 \\(saved before version 5 kept the inverse in "
+                                         "another layout"):
+        opt.load_state_dict(stale)

@@ -16,7 +16,7 @@ def test_paper_recipe_is_the_papers_values_in_the_losss_units():
     loss_fn = nn.BCEWithLogitsLoss()
     opt = KFAC(model, loss_fn, seed=0, **PAPER)
     ref = KFAC(twin, loss_fn, seed=0, damping=150 / 3, weight_decay=1e-5 / 3,
-               gamma_rule="greedy", damping_bounds=(0.0, math.inf))
+               gamma_rule="greedy", damping_bounds=(0.0, math.inf), quad_fraction=1.0, lm_streak=1)
     for _ in range(21):  # through the first γ search at k = 20
         out, expected = opt.step(x, y), ref.step(x, y)
         assert out["lambda"] / 3 == pytest.approx(expected["lambda"], rel=1e-12)

@@ -2,10 +2,11 @@
 
 The MNIST deep autoencoder of the paper (784-1000-500-250-30-250-500-1000-784, logistic units,
 linear code layer, Bernoulli outputs) at a fixed batch size, K-FAC with its defaults
-(τ₁ = 1/8, T₃ = 20, T₂ = 20, T₁ = 5, momentum, τ₂ = 1). The K-FAC steps measured start after
-the three warm-up refreshes and cover whole T₃ cycles, so refreshes, γ searches and ρ steps
-count in their real proportion. SGD steps are interleaved with K-FAC steps (one each, in turn)
-so that both see the same machine load; the ratio is of the medians-of-means per cycle.
+(τ₁ = 1/8, τ₂ = 1/4, T₃ = 20, T₁ = 5, momentum, γ tied to √(λ+η)). The K-FAC steps measured
+start after the three warm-up refreshes and cover whole T₃ cycles, so refreshes (the tied rule's
+early ones included) and ρ steps count in their real proportion. SGD steps are interleaved
+with K-FAC steps (one each, in turn) so that both see the same machine load; the ratio is of the
+medians-of-means per cycle.
 
 The breakdown times the optimizer's phases by wrapping its methods (synchronizing CUDA):
 forward, backward, extra backward (sampled targets on S₁), statistics (batch factors and EMA),

@@ -168,8 +168,11 @@ class KFAC(torch.optim.Optimizer):
         damping_every: :math:`T_1`; :math:`\omega_1 = 0.95^{T_1}`.
         reject_uphill: on a ρ step, an update that increases :math:`h` on the batch is not
             applied (θ stays, δ₀ is dropped, λ grows by the LM rule, ``accepted`` is ``False``);
-            the paper applies every update. Late in float32 training the gradient approaches rounding
-            noise and the quadratic model can propose a step that undoes the run.
+            and a step whose quadratic model promises a decrease larger than :math:`h` itself
+            (impossible: the supported losses are :math:`\ge 0`) is made a ρ step. The paper
+            applies every update. Late in float32 training the gradient approaches rounding
+            noise, and near zero loss the exact Fisher vanishes: there the quadratic model can
+            propose a step that undoes the run.
         lm_streak: the LM rule's factor compounds over consecutive moves of λ in one direction,
             :math:`\omega_1^{\min(c,\ \text{lm\_streak})}` for the ``c``-th in a row
             (:func:`~kronlin_nn.damping.lm_update`); 1 is the paper's constant factor.
@@ -566,7 +569,8 @@ class KFAC(torch.optim.Optimizer):
         # ρ every T₁ steps, and on the early refreshes of the tied rule: a new proposal under a
         # smaller γ is where the 2×2 model overshoots (μ ≈ 2–3 measured), so it is checked first
         early_refresh = refreshed and not (k % self.inverse_every == 0 or k <= 3)
-        if self.adapt_damping and (k % self.damping_every == 0 or early_refresh):
+        if self.adapt_damping and (k % self.damping_every == 0 or early_refresh
+                                   or self._implausible(best[3], h_value)):
             new_theta = theta + delta
             h_new = self._objective(inputs, targets, new_theta, eta)
             rho = reduction_ratio(h_new, h_value, predicted_rho)
@@ -829,6 +833,17 @@ class KFAC(torch.optim.Optimizer):
             batch["A_cross"], batch["G_cross"] = cross_factors(
                 [a for a, _ in chain_rows], [gr for _, gr in chain_rows], n1)
         return batch
+
+    def _implausible(self, model_change: float, h_value: float) -> bool:
+        r"""Whether, with ``reject_uphill``, the quadratic model promises more than :math:`h` holds.
+
+        Every supported loss is :math:`\ge 0`, so :math:`M(\delta) - M(0) < -h(\theta)` is a
+        model gone wrong: typically near zero loss on separable classes, where the exact Fisher
+        vanishes along the directions that separate them and only λ bounds the step (a tanh
+        classifier of scikit-learn's digits went from 2e-4 to 28 in ten such steps). Such a step
+        gets the ρ check of a :math:`T_1` step, and is rejected if it goes uphill.
+        """
+        return self.reject_uphill and -model_change > h_value
 
     def _proposals(self, ops: Sequence[Sequence[kronlin.LinearOperator | None]],
                    grad_h: Tensor) -> list[Tensor]:

@@ -66,7 +66,7 @@ def test_experiment_results_are_tables_not_a_json_dump(html):
     assert f"Recorded on {recorded['config']['date']} with:" in html
     assert "--no-progress" in html and "results/mnist" in html
     summary = recorded["summary"]
-    cells = ["kfac-blockdiag", f"{summary['kfac-blockdiag']['final_error']:.2f}",
+    cells = ["kfac-blockdiag", f"{summary['kfac-blockdiag']['final_error']:#.4g}",  # 4 digits
              "to sgd’s error (s)", "iter ratio"]
     if any(run.get("seconds_to_baseline", 0.0) is None for run in summary.values()):
         cells.append("never")  # a run that did not reach the baseline's error

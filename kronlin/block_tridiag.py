@@ -113,6 +113,53 @@ class BlockTridiagInverse(LinearOperator):
         r"""The blocks of :math:`\Lambda`, ``Σ_{i|i+1}⁻¹`` (KronEigen) then ``Σ_b⁻¹`` (Kron)."""
         return tuple(self._sigma_inv)
 
+    @property
+    def couplings(self) -> tuple[Pair, ...]:
+        r"""The factors of :math:`\Psi_i = P_i \otimes Q_i`, ``(Pᵢ, Qᵢ)`` for the ``b − 1`` links."""
+        return tuple(self._psi)
+
+    @classmethod
+    def from_parts(cls, couplings: Sequence[Pair],
+                   conditionals: Sequence[LinearOperator]) -> BlockTridiagInverse:
+        r"""The operator with the given :attr:`couplings` and :attr:`conditionals`, no setup.
+
+        The inverse of one operator, rebuilt elsewhere (another process, a checkpoint) from its
+        parts, without its factorizations: ``from_parts(op.couplings, op.conditionals)``
+        applies exactly as ``op``.
+
+        Args:
+            couplings: ``b − 1`` pairs ``(Pᵢ, Qᵢ)`` of shapes ``(lᵢ, l_{i+1})`` and ``(rᵢ, r_{i+1})``.
+            conditionals: ``b`` square operators of sizes ``lᵢrᵢ``: ``Σ_{i|i+1}⁻¹``, then ``Σ_b⁻¹``.
+
+        Raises:
+            ValueError: wrong counts or shapes (non-square conditionals, couplings that do not
+                link neighbouring sizes).
+
+        """
+        couplings, conditionals = [tuple(p) for p in couplings], list(conditionals)
+        if not conditionals or len(couplings) != len(conditionals) - 1:
+            raise ValueError(
+                f"couplings: expected one pair per link of the {len(conditionals)} conditionals "
+                f"(at least one), got {len(couplings)}"
+            )
+        sizes = [op.shape[0] for op in conditionals]
+        for i, op in enumerate(conditionals):
+            if op.shape[0] != op.shape[1]:
+                raise ValueError(f"conditionals[{i}]: expected a square operator, got {op.shape}")
+        for i, ((P, Q), n, n_next) in enumerate(zip(couplings, sizes, sizes[1:], strict=False)):
+            if P.shape[0] * Q.shape[0] != n or P.shape[1] * Q.shape[1] != n_next:
+                raise ValueError(
+                    f"couplings[{i}]: expected factors whose Kronecker product is {n} x {n_next}, "
+                    f"got shapes {tuple(P.shape)} and {tuple(Q.shape)}"
+                )
+        op = cls.__new__(cls)
+        first = conditionals[0]
+        LinearOperator.__init__(op, (sum(sizes), sum(sizes)), xp=first.xp, dtype=first.dtype,
+                                device=first.device)
+        op._splits = [0, *accumulate(sizes)]
+        op._psi, op._sigma_inv = couplings, conditionals
+        return op
+
     def _matmat(self, X: Array) -> Array:
         xp, s = self.xp, self._splits
         V = [X[lo:hi] for lo, hi in zip(s[:-1], s[1:], strict=True)]

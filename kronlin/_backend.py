@@ -64,8 +64,14 @@ def device(a: Array) -> Any:
 
 
 def dtype_name(dtype: Any) -> str:
-    """``"float32"``/``"float64"``/… for a NumPy or torch dtype."""
-    return str(dtype).removeprefix("torch.")
+    """``"float32"``/``"float64"``/… for a NumPy or torch dtype (or a NumPy scalar type)."""
+    text = str(dtype)
+    if text.startswith("torch."):
+        return text.removeprefix("torch.")
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return text
 
 
 def check_dtype(a: Array, name: str) -> None:

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from ._backend import Array, device, namespace
 from ._factorizations import eigh
 from ._mode import kron_matmat
-from ._validation import check_matrix, symmetrized
+from ._validation import check_matrix, check_same_device, symmetrized
 from .errors import LinAlgError
-from .operator import LinearOperator
+from .operator import LinearOperator, shape_term
 
 if TYPE_CHECKING:
     from .kron_eigen import KronEigen
@@ -39,16 +39,21 @@ class Kron(LinearOperator):
 
     """
 
+    _missing_attribute_hints = {
+        "shift": "K + c·I has no Kronecker form; K.eigh().shift(c) is it exactly, as a KronEigen "
+                 "(symmetric factors), whose .inv() and .solve(b) are the damped inverse and solve",
+    }
+    _shift_hint = ("for K + c·I use K.eigh().shift(c) (exact, symmetric factors; its .inv() and "
+                   ".solve(b) are the damped inverse and solve)")
+
     def __init__(self, *factors: Array):
         if not factors:
             raise ValueError("factors: expected at least one factor, got none")
         names = tuple(f"factors[{j}]" for j in range(len(factors)))
         xp = namespace(*factors, names=names)
+        check_same_device(factors, "factors")
         for f, name in zip(factors, names, strict=True):
             check_matrix(xp, f, name)
-        devices = {str(device(f)) for f in factors}
-        if len(devices) > 1:
-            raise ValueError(f"factors: expected one device, got {sorted(devices)}")
         dtype = xp.result_type(*factors)
         self._init(tuple(xp.astype(f, dtype) for f in factors), xp)
 
@@ -79,6 +84,9 @@ class Kron(LinearOperator):
         # (F₁ ⊗ F₂)ᵀ = F₁ᵀ ⊗ F₂ᵀ
         return Kron._trusted([f.T for f in self._factors], self.xp)
 
+    def _term(self) -> str:
+        return f"Kron({shape_term([tuple(f.shape) for f in self._factors])})"
+
     def to_dense(self) -> Array:
         """The dense ``np.kron`` matrix (for tests and small sizes only)."""
         out = self._factors[0]
@@ -97,28 +105,52 @@ class Kron(LinearOperator):
                     f"Kron.{method}: factors[{j}] must be square, got shape {tuple(f.shape)}"
                 )
 
-    def inv(self) -> Kron:
+    def inv(self, *, damping: None = None) -> Kron:
         r"""The inverse :math:`F_1^{-1} \otimes \cdots \otimes F_n^{-1}` (``Σⱼ cⱼ³`` flops).
+
+        Args:
+            damping: not accepted (a ``TypeError`` that gives the exact route):
+                :math:`(\bigotimes F_j + cI)^{-1}` has no Kronecker form; it is
+                ``K.eigh().shift(c).inv()`` for symmetric factors. The argument exists only to
+                say so.
 
         Raises:
             ValueError: a factor is not square.
             LinAlgError: a factor is singular (names it).
+            TypeError: ``damping`` given.
 
         """
-        self._require_square("inv")
+        if damping is not None:
+            raise TypeError(
+                f"Kron.inv() takes no damping: (K + {damping}·I)⁻¹ has no Kronecker form; use "
+                f"K.eigh().shift({damping}).inv() (exact, symmetric factors), or damp the factors "
+                "themselves: kl.Kron(A + a·I, B + b·I).inv()"
+            )
+        return Kron._trusted(self._factor_inverses("inv"), self.xp)
+
+    def solve(self, b: Array) -> Array:
+        """Solve ``(F₁ ⊗ … ⊗ Fₙ) x = b`` for ``b`` of shape ``(N,)`` or ``(N, k)``.
+
+        Raises:
+            ValueError: a factor is not square, or ``b`` has the wrong shape.
+            LinAlgError: a factor is singular (names it and gives the damped alternative).
+
+        """
+        return self._solve_with(lambda: Kron._trusted(self._factor_inverses("solve"), self.xp), b)
+
+    def _factor_inverses(self, method: str) -> list[Array]:
+        """``[F₁⁻¹, …, Fₙ⁻¹]``; errors name ``Kron.{method}`` and the singular factor."""
+        self._require_square(method)
         inverses = []
         for j, f in enumerate(self._factors):
             try:
-                inverses.append(self.xp.linalg.inv(f))
+                inverse = self.xp.linalg.inv(f)
             except Exception as err:  # numpy or torch LinAlgError
-                raise LinAlgError(f"Kron.inv: factors[{j}] is singular ({err})") from err
-            if not bool(self.xp.all(self.xp.isfinite(inverses[-1]))):
-                raise LinAlgError(f"Kron.inv: factors[{j}] is singular to working precision")
-        return Kron._trusted(inverses, self.xp)
-
-    def solve(self, b: Array) -> Array:
-        """Solve ``(F₁ ⊗ … ⊗ Fₙ) x = b`` for ``b`` of shape ``(N,)`` or ``(N, k)``."""
-        return self.inv() @ b
+                raise LinAlgError(f"Kron.{method}: factors[{j}] is singular ({err}); {_DAMPED}") from err
+            if not bool(self.xp.all(self.xp.isfinite(inverse))):
+                raise LinAlgError(f"Kron.{method}: factors[{j}] is singular to working precision; {_DAMPED}")
+            inverses.append(inverse)
+        return inverses
 
     def eigh(self) -> KronEigen:
         r"""Factor-wise eigendecomposition of a Kronecker product of symmetric factors.
@@ -141,7 +173,8 @@ class Kron(LinearOperator):
             w, q = eigh(self.xp, symmetrized(self.xp, f, f"factors[{j}]"), f"factors[{j}]")
             values.append(w)
             bases.append(q)
-        return KronEigen._trusted(bases, outer(self.xp, values), self.xp, orthonormal=True)
+        return KronEigen._trusted(bases, outer(self.xp, values), self.xp, orthonormal=True,
+                                  expression=self._term())
 
     def logdet(self) -> Array:
         r"""``log det`` of the product: :math:`\sum_j (N / n_j) \log\det F_j`, ``N = ∏nⱼ``.
@@ -177,6 +210,10 @@ class Kron(LinearOperator):
         self._require_square("diagonal")
         diag = outer(self.xp, [self.xp.linalg.diagonal(f) for f in self._factors])
         return self.xp.reshape(diag, (-1,))
+
+
+_DAMPED = ("for the damped product K + c·I use K.eigh().shift(c) and its .inv()/.solve(b) "
+           "(symmetric factors), or damp the factor itself")
 
 
 def outer(xp, vectors: Sequence[Array]) -> Array:

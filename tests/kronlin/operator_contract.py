@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import scipy.sparse.linalg
 
+import kronlin
+
 from ..conftest import convert, to_numpy
 from .helpers import assert_close
 
@@ -117,7 +119,7 @@ class OperatorContract:
     def test_scipy_interop(self, case):
         op, dense, _, rng, backend, dtype = case
         if backend != "numpy":
-            pytest.skip("SciPy views need NumPy-backed operators")
+            return self.check_torch_scipy_interop(case)
         for view in (scipy.sparse.linalg.aslinearoperator(op), op.to_scipy()):
             X = rng.standard_normal((dense.shape[1], 2))
             y = rng.standard_normal(dense.shape[0])
@@ -132,6 +134,33 @@ class OperatorContract:
             w = scipy.sparse.linalg.eigsh(op.to_scipy(), k=1, which="LA",
                                           return_eigenvectors=False)
             self.close(w, np.linalg.eigvalsh(dense)[-1:], case, cond_scale=1e3)
+
+    def check_torch_scipy_interop(self, case):
+        """Torch operators: a SciPy view on the CPU (refused on a GPU), and kronlin's Krylov solvers
+        on the device against SciPy's on the NumPy twin (the dense reference)."""
+        op, dense, _, rng, backend, dtype = case
+        with pytest.raises(TypeError):  # SciPy's own wrapper cannot read a torch dtype
+            scipy.sparse.linalg.aslinearoperator(op)
+        if backend == "cuda":
+            with pytest.raises(TypeError, match="use kronlin.linalg.cg or kronlin.linalg.lanczos"):
+                op.to_scipy()
+        else:
+            view = op.to_scipy()
+            X = rng.standard_normal((dense.shape[1], 2)).astype(dtype)
+            y = rng.standard_normal(dense.shape[0]).astype(dtype)
+            self.close(view.matmat(X), dense @ X, case)
+            self.close(view.rmatvec(y), dense.T @ y, case)
+        if self.symmetric and dtype == "float64":
+            b = rng.standard_normal(dense.shape[0])
+            x, info = kronlin.linalg.cg(op @ op, op @ convert(b, backend, dtype), rtol=1e-12,
+                                        maxiter=50 * dense.shape[0])
+            x_ref, info_ref = scipy.sparse.linalg.cg(dense @ dense, dense @ b, rtol=1e-12,
+                                                     maxiter=50 * dense.shape[0])
+            assert info == info_ref == 0
+            self.close(x, x_ref, case, cond_scale=np.linalg.cond(dense) ** 2)
+            w = kronlin.linalg.lanczos(op, k=1, which="LA", return_eigenvectors=False)
+            w_ref = scipy.sparse.linalg.eigsh(dense, k=1, which="LA", return_eigenvectors=False)
+            self.close(w, w_ref, case, cond_scale=1e3)
 
 
 

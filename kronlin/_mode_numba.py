@@ -36,6 +36,9 @@ PAIR_ROWS = 1024
 PAIR_TILE_ENTRIES = 65536
 """Entries of that tile (512 KiB in float64, one L2 cache here): its width is this / rows."""
 
+TRANSPOSE_TILE = 32
+"""Side of the tiles of :func:`transpose_into` (8 KiB in float64)."""
+
 _FASTMATH = {"contract"}  # fused multiply-adds; no reassociation beyond what is written
 
 # NumPy scalars rather than Python literals as call arguments: Numba compiles one version of a
@@ -201,8 +204,8 @@ def kron_matmat(factors: Sequence[np.ndarray], X: np.ndarray, order: Sequence[in
     between two buffers, the last one writing the result, of shape ``(∏rⱼ, k)``.
     """
     mats = [np.ascontiguousarray(f) for f in factors]
-    dims = [m.shape[1] for m in mats]
-    passes = _passes(mats, dims, order)
+    shapes = [m.shape for m in mats]
+    passes = pass_plan(shapes, [c for _, c in shapes], order)
     trail = X.shape[1]
     sizes = [math.prod(p[-1]) * trail for p in passes]  # entries written by each pass
     n = len(passes)
@@ -217,29 +220,37 @@ def kron_matmat(factors: Sequence[np.ndarray], X: np.ndarray, order: Sequence[in
     return T.reshape(-1, trail)
 
 
-def _passes(mats, dims, order):
-    """Plan the passes: ``(axes, dims in, dims out)`` each, ``axes`` one axis or an adjacent pair."""
+def pass_plan(shapes, dims, order):
+    """Plan the passes: ``(axes, dims in, dims out)`` each, ``axes`` one axis or an adjacent pair.
+
+    Args:
+        shapes: the factors' ``(rows, cols)``.
+        dims: the tensor's axis lengths before the first pass (the factors' columns).
+        order: the order in which the factors are applied.
+
+    """
+    dims = list(dims)
     passes = []
     s = 0
     while s < len(order):
         j = order[s]
         pair = order[s : s + 2] if s + 1 < len(order) else [j]
-        if len(pair) == 2 and abs(pair[0] - pair[1]) == 1 and _pair_rows(mats, pair) <= PAIR_ROWS:
+        if len(pair) == 2 and abs(pair[0] - pair[1]) == 1 and _pair_rows(shapes, pair) <= PAIR_ROWS:
             axes = tuple(pair)
         else:
             axes = (j,)
         before = list(dims)
         for a in axes:
-            dims[a] = mats[a].shape[0]
+            dims[a] = shapes[a][0]
         passes.append((axes, before, list(dims)))
         s += len(axes)
     return passes
 
 
-def _pair_rows(mats, pair):
+def _pair_rows(shapes, pair):
     """Rows of the scratch tile of a pair pass (the larger of its two orders)."""
     lo, hi = sorted(pair)
-    (r_lo, c_lo), (r_hi, c_hi) = mats[lo].shape, mats[hi].shape
+    (r_lo, c_lo), (r_hi, c_hi) = shapes[lo], shapes[hi]
     return max(c_lo * r_hi, r_lo * c_hi)
 
 
@@ -254,8 +265,28 @@ def _run_pass(mats, axes, dims, T, out, trail):
     lo, hi = sorted(axes)
     before, after = math.prod(dims[:lo]), math.prod(dims[hi + 1 :]) * trail
     out4 = out.reshape(before, mats[lo].shape[0], mats[hi].shape[0], after)
-    rows = _pair_rows(mats, axes)
+    rows = _pair_rows([m.shape for m in mats], axes)
     scratch = np.empty((numba.get_num_threads(), rows * max(16, PAIR_TILE_ENTRIES // rows)), T.dtype)
     pair_product(mats[lo], mats[hi], axes[0] == hi, T.reshape(before, dims[lo], dims[hi], after), out4,
                  scratch)
     return out4
+
+
+@numba.njit(parallel=True, cache=True)
+def transpose_into(A, out):
+    """``out[:] = A.T`` for a C-contiguous ``A`` of shape ``(m, n)`` and ``out`` of shape ``(n, m)``.
+
+    In tiles of :data:`TRANSPOSE_TILE` × :data:`TRANSPOSE_TILE` (both in L1), one parallel task per
+    band of ``out``'s rows: NumPy's own ``ascontiguousarray(A.T)`` is single-threaded and strides
+    through memory a column at a time.
+    """
+    m, n = A.shape
+    t = TRANSPOSE_TILE
+    for band in prange((n + t - 1) // t):
+        j0 = band * t
+        j1 = min(j0 + t, n)
+        for i0 in range(0, m, t):
+            i1 = min(i0 + t, m)
+            for j in range(j0, j1):
+                for i in range(i0, i1):
+                    out[j, i] = A[i, j]

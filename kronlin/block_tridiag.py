@@ -21,7 +21,7 @@ from itertools import accumulate
 
 from ._backend import Array, device, namespace
 from ._factorizations import cholesky, cholesky_inverse
-from ._mode import kron_matmat
+from ._mode import KronMatmat
 from ._validation import check_matrix, check_same_device, check_scalar, symmetrized
 from .errors import SingularDenominatorError
 from .kron import Kron
@@ -104,6 +104,7 @@ class BlockTridiagInverse(LinearOperator):
         self._psi = [
             (Lo @ inverses[i + 1][0], Ro @ inverses[i + 1][1]) for i, (Lo, Ro) in enumerate(offdiag)
         ]
+        self._psi_products = [KronMatmat(xp, pair) for pair in self._psi]
         self._sigma_inv: list[LinearOperator] = []
         for i, ((Lo, Ro), (PL, PR)) in enumerate(zip(offdiag, self._psi, strict=True)):
             C, D = PL @ Lo.T, PR @ Ro.T
@@ -133,12 +134,12 @@ class BlockTridiagInverse(LinearOperator):
         V = [X[lo:hi] for lo, hi in zip(s[:-1], s[1:], strict=True)]
         b = len(V)
         # Ξ: yᵢ = vᵢ − Ψᵢ v_{i+1}
-        Y = [V[i] - kron_matmat(xp, self._psi[i], V[i + 1]) for i in range(b - 1)] + [V[-1]]
+        Y = [V[i] - self._psi_products[i](V[i + 1]) for i in range(b - 1)] + [V[-1]]
         # Λ: zᵢ = Σᵢ⁻¹ yᵢ
         Z = [op._matmat(y) for op, y in zip(self._sigma_inv, Y, strict=True)]
         # Ξᵀ: uᵢ = zᵢ − Ψ_{i−1}ᵀ z_{i−1}
         U = [Z[0]] + [
-            Z[i] - kron_matmat(xp, self._psi[i - 1], Z[i - 1], transpose=True) for i in range(1, b)
+            Z[i] - self._psi_products[i - 1](Z[i - 1], transpose=True) for i in range(1, b)
         ]
         return xp.concat(U, axis=0)
 

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from ._backend import Array, device, namespace
 from ._factorizations import eigh
-from ._mode import kron_matmat
+from ._mode import KronMatmat, check_kernel
+from ._plan import KronPlan
 from ._validation import check_matrix, check_same_device, symmetrized
 from .errors import LinAlgError
 from .operator import LinearOperator, shape_term
@@ -28,14 +29,21 @@ class Kron(LinearOperator):
     Args:
         *factors: ``n ≥ 1`` matrices; factor ``j`` has shape ``(rⱼ, cⱼ)``. All NumPy or all torch
             (same device), float32 or float64, finite.
+        kernel: how products are computed. ``"auto"`` (default): a cost model chooses, per block
+            width ``k``, the kernel and a grouping of consecutive factors into their Kronecker
+            products (:meth:`plan` shows the choice); ``"rotate"``, ``"modes"`` or ``"numba"``:
+            that kernel, grouping still chosen by the model; or a :class:`KronPlan`: exactly
+            that (see the guide's "Kernels" section).
 
     The operator has shape ``(∏rⱼ, ∏cⱼ)``. A block ``X`` of ``k`` vectors costs one GEMM per
     factor, ``2k Σⱼ (∏_{i≤j} rᵢ)(∏_{i≥j} cᵢ)`` flops in the cheapest factor order, against
-    ``2k ∏rⱼ∏cⱼ`` for the dense matrix.
+    ``2k ∏rⱼ∏cⱼ`` for the dense matrix (more when the plan merges factors into fewer passes).
 
     Raises:
-        TypeError: mixed backends, a non-array factor or an unsupported dtype.
-        ValueError: no factors, a factor that is not 2-D, or non-finite entries.
+        TypeError: mixed backends, a non-array factor or an unsupported dtype; ``"numba"`` for
+            torch tensors.
+        ValueError: no factors, a factor that is not 2-D, non-finite entries; an unknown
+            ``kernel`` or a plan for another number of factors.
 
     """
 
@@ -46,7 +54,7 @@ class Kron(LinearOperator):
     _shift_hint = ("for K + c·I use K.eigh().shift(c) (exact, symmetric factors; its .inv() and "
                    ".solve(b) are the damped inverse and solve)")
 
-    def __init__(self, *factors: Array):
+    def __init__(self, *factors: Array, kernel: str | KronPlan = "auto"):
         if not factors:
             raise ValueError("factors: expected at least one factor, got none")
         names = tuple(f"factors[{j}]" for j in range(len(factors)))
@@ -54,20 +62,37 @@ class Kron(LinearOperator):
         check_same_device(factors, "factors")
         for f, name in zip(factors, names, strict=True):
             check_matrix(xp, f, name)
+        check_kernel(kernel, len(factors), xp)
         dtype = xp.result_type(*factors)
-        self._init(tuple(xp.astype(f, dtype) for f in factors), xp)
+        self._init(tuple(xp.astype(f, dtype) for f in factors), xp, kernel)
 
-    def _init(self, factors: tuple[Array, ...], xp) -> None:
+    def _init(self, factors: tuple[Array, ...], xp, kernel: str | KronPlan = "auto") -> None:
         shape = (math.prod(f.shape[0] for f in factors), math.prod(f.shape[1] for f in factors))
         super().__init__(shape, xp=xp, dtype=factors[0].dtype, device=device(factors[0]))
         self._factors = factors
+        self._engine = KronMatmat(xp, factors, kernel)
 
     @classmethod
-    def _trusted(cls, factors: Sequence[Array], xp) -> Kron:
+    def _trusted(cls, factors: Sequence[Array], xp, kernel: str | KronPlan = "auto") -> Kron:
         """Build from factors already checked (internal: transposes, inverses)."""
         op = cls.__new__(cls)
-        op._init(tuple(factors), xp)
+        op._init(tuple(factors), xp, kernel)
         return op
+
+    @property
+    def kernel(self) -> str | KronPlan:
+        """The ``kernel`` argument: ``"auto"``, a kernel name or a :class:`KronPlan`."""
+        return self._engine.kernel
+
+    def plan(self, k: int = 1) -> KronPlan:
+        """The plan of ``self @ X`` for a row-major block ``X`` of ``k`` vectors, with its estimate.
+
+        ``str(K.plan(k))`` reads e.g. ``rotate [F1⊗F2, F3] (estimated 1.2 ms)``: the kernel, the
+        factors merged into each pass and the cost model's time on this machine.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k: expected a positive integer, got {k!r}")
+        return self._engine.plan(k)
 
     @property
     def factors(self) -> tuple[Array, ...]:
@@ -75,17 +100,18 @@ class Kron(LinearOperator):
         return self._factors
 
     def _matmat(self, X: Array) -> Array:
-        return kron_matmat(self.xp, self._factors, X)
+        return self._engine(X)
 
     def _rmatmat(self, X: Array) -> Array:
-        return kron_matmat(self.xp, self._factors, X, transpose=True)
+        return self._engine(X, transpose=True)
 
     def _transpose(self) -> Kron:
         # (F₁ ⊗ F₂)ᵀ = F₁ᵀ ⊗ F₂ᵀ
-        return Kron._trusted([f.T for f in self._factors], self.xp)
+        return Kron._trusted([f.T for f in self._factors], self.xp, self.kernel)
 
     def _term(self) -> str:
-        return f"Kron({shape_term([tuple(f.shape) for f in self._factors])})"
+        kernel = "" if self.kernel == "auto" else f"; kernel {self.kernel}"
+        return f"Kron({shape_term([tuple(f.shape) for f in self._factors])}{kernel})"
 
     def to_dense(self) -> Array:
         """The dense ``np.kron`` matrix (for tests and small sizes only)."""
@@ -126,7 +152,7 @@ class Kron(LinearOperator):
                 f"K.eigh().shift({damping}).inv() (exact, symmetric factors), or damp the factors "
                 "themselves: kl.Kron(A + a·I, B + b·I).inv()"
             )
-        return Kron._trusted(self._factor_inverses("inv"), self.xp)
+        return Kron._trusted(self._factor_inverses("inv"), self.xp, self.kernel)
 
     def solve(self, b: Array) -> Array:
         """Solve ``(F₁ ⊗ … ⊗ Fₙ) x = b`` for ``b`` of shape ``(N,)`` or ``(N, k)``.

@@ -17,7 +17,7 @@ from types import ModuleType
 
 from ._backend import Array, device, dtype_name, namespace
 from ._factorizations import cholesky, generalized_eigh
-from ._mode import kron_matmat
+from ._mode import KronMatmat
 from ._validation import check_same_device, check_scalar, symmetrized
 from .errors import SingularDenominatorError
 from .kron import outer
@@ -58,10 +58,10 @@ class KronDiff(LinearOperator):
         self.A, self.B, self.C, self.D = (xp.astype(M, dtype) for M in (A, B, C, D))
         n = A.shape[0] * B.shape[0]
         super().__init__((n, n), xp=xp, dtype=dtype, device=device(A))
+        self._AB, self._CD = KronMatmat(xp, (self.A, self.B)), KronMatmat(xp, (self.C, self.D))
 
     def _matmat(self, X: Array) -> Array:
-        xp = self.xp
-        return kron_matmat(xp, (self.A, self.B), X) - kron_matmat(xp, (self.C, self.D), X)
+        return self._AB(X) - self._CD(X)
 
     _rmatmat = _matmat  # symmetric
 

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 
 from ._backend import Array, check_dtype, device, namespace
-from ._mode import kron_matmat
+from ._mode import KronMatmat, is_column_major, kron_matmat
 from ._validation import check_matrix, check_same_device, check_scalar
 from .errors import LinAlgError
 from .operator import LinearOperator, shape_term
@@ -78,6 +78,7 @@ class KronEigen(LinearOperator):
         self._scale = xp.reshape(values, (n, 1))
         self._orthonormal = orthonormal
         self._expression = expression
+        self._engine = KronMatmat(xp, self._bases)
 
     @classmethod
     def _trusted(cls, bases, values, xp, *, orthonormal: bool, expression: str = _GENERIC) -> KronEigen:
@@ -107,8 +108,10 @@ class KronEigen(LinearOperator):
         return self._orthonormal
 
     def _matmat(self, X: Array) -> Array:
-        Y = kron_matmat(self.xp, self._bases, X, transpose=True)
-        return kron_matmat(self.xp, self._bases, self._scale * Y)
+        # Kᵀ X may come back in either layout (no copy); K (s ∘ ·) then restores X's
+        layout = "column" if X.shape[1] > 1 and is_column_major(X) else "row"
+        Y = self._engine(X, transpose=True, layout="any")
+        return self._engine(self._scale * Y, layout=layout)
 
     _rmatmat = _matmat  # symmetric
 

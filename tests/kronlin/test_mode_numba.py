@@ -66,8 +66,7 @@ def test_chain_matches_reference_for_any_factors(shapes, k, dtype, seed):
 
 
 def test_four_small_factors_run_as_two_pair_passes():
-    factors = [np.ones((16, 16))] * 4
-    passes = _mode_numba._passes(factors, [16] * 4, [0, 1, 2, 3])
+    passes = _mode_numba.pass_plan([(16, 16)] * 4, [16] * 4, [0, 1, 2, 3])
     assert [axes for axes, *_ in passes] == [(0, 1), (2, 3)]
 
 
@@ -75,15 +74,22 @@ def test_non_adjacent_steps_and_large_pairs_run_alone():
     shrink, grow = np.ones((2, 8)), np.ones((8, 2))
     order = application_order([s.shape for s in (shrink, grow, shrink)])
     assert order == [0, 2, 1]  # the shrinking factors first: axes 0 and 2 are not adjacent
-    passes = _mode_numba._passes([shrink, grow, shrink], [8, 2, 8], order)
+    passes = _mode_numba.pass_plan([s.shape for s in (shrink, grow, shrink)], [8, 2, 8], order)
     assert [axes for axes, *_ in passes] == [(0,), (2, 1)]  # then 2 and 1 are, in that order
-    big = [np.ones((64, 64))] * 2
-    assert [axes for axes, *_ in _mode_numba._passes(big, [64, 64], [0, 1])] == [(0,), (1,)]
+    assert [axes for axes, *_ in _mode_numba.pass_plan([(64, 64)] * 2, [64, 64], [0, 1])] == [(0,), (1,)]
 
 
 def test_numba_kernel_through_the_engine_matches_blas():
     rng = np.random.default_rng(7)
     factors = [rng.standard_normal((16, 16)) for _ in range(4)]
     X = rng.standard_normal((16**4, 64))
-    assert_matches(kron_matmat(np, factors, X, kernel="numba"), kron_matmat(np, factors, X, kernel="xp"),
+    assert_matches(kron_matmat(np, factors, X, kernel="numba"), kron_matmat(np, factors, X, kernel="modes"),
                    "float64")
+
+
+@pytest.mark.parametrize(("m", "n"), [(1, 1), (3, 70), (33, 31), (64, 64), (100, 7)])
+def test_transpose_is_a_transposed_copy(m, n, dtype):
+    A = np.random.default_rng(m * n).standard_normal((m, n)).astype(dtype)
+    out = np.full((n, m), np.nan, dtype)
+    _mode_numba.transpose_into(A, out)
+    np.testing.assert_array_equal(out, A.T)

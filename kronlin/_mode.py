@@ -21,6 +21,10 @@ products; :class:`KronMatmat` runs it:
   among the threads (:func:`split_batch`; NumPy releases the GIL in ``matmul``).
 - ``"numba"``: the fused Numba passes of :mod:`kronlin._mode_numba` (NumPy only).
 
+Products use the arrays' own ``reshape``, ``.T`` and ``@`` (the same for NumPy arrays and torch
+tensors), not the array-API wrappers: for small blocks the wrappers' checks cost more than the
+GEMMs.
+
 Layouts. The tensor view is free for a row-major ``X``; for a column-major ``X`` (``Xᵀ``
 row-major, as ``x @ op`` hands it over), ``Xᵀ`` is viewed as ``(k, c₁, …, cₙ)`` instead. The
 result has ``X``'s layout unless the caller asks for another (``layout=``): products applied
@@ -39,11 +43,15 @@ from typing import Any, Literal
 import array_api_compat
 
 from ._backend import Array, device, dtype_name
-from ._plan import BLAS_THREADING_WORK, KERNELS, KronPlan, Problem, choose, machine
+from ._plan import BLAS_THREADING_WORK, KERNELS, KronPlan, Problem, choose, machine, thread_count
 
 Layout = Literal["row", "column", "any"]
 
 KernelRequest = Any  # "auto", a kernel name of kronlin._plan.KERNELS, or a KronPlan
+
+SCRATCH_ENTRIES = 2**15
+"""Intermediates below this many entries (256 KiB in float64) come cheaply from the allocator's
+free lists: no reusable buffers for them."""
 
 SPLIT_MIN_FLOPS = 2**21
 """Least work of a batch of GEMMs worth dividing among threads (a dispatch costs ~10 µs)."""
@@ -106,7 +114,8 @@ class KronMatmat:
         self.factors = tuple(factors)
         self.kernel = check_kernel(kernel, len(self.factors), xp)
         self._backend = _backend(xp, self.factors[0])
-        self._merged: dict[tuple[tuple[int, ...], ...], list[Array]] = {}
+        self._merged: dict[tuple, list[Array]] = {}
+        self._plans: dict[tuple, KronPlan] = {}
         self._lock = threading.Lock()
 
     def plan(self, k: int, *, dtype: Any = None, transpose: bool = False, column_major: bool = False,
@@ -138,9 +147,12 @@ class KronMatmat:
 
         """
         column_major = X.shape[1] > 1 and is_column_major(X)
-        plan = self.plan(X.shape[1], dtype=X.dtype, transpose=transpose, column_major=column_major,
-                         layout=layout)
-        mats = self._merged_factors(plan.groups)
+        key = (X.shape[1], X.dtype, transpose, column_major, layout, thread_count(self._backend))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self.plan(X.shape[1], dtype=X.dtype, transpose=transpose,
+                                                column_major=column_major, layout=layout)
+        mats = self._merged_factors(plan.groups, X.dtype)
         mats = [m.T for m in mats] if transpose else mats
         want = layout or ("column" if column_major else "row")
         if plan.kernel == "rotate":
@@ -150,11 +162,14 @@ class KronMatmat:
         Y = _modes(self.xp, mats, X, column_major)
         return _relayout(self.xp, Y, column_major, want)
 
-    def _merged_factors(self, groups: tuple[tuple[int, ...], ...]) -> list[Array]:
+    def _merged_factors(self, groups: tuple[tuple[int, ...], ...], dtype: Any) -> list[Array]:
+        """The groups' Kronecker products in ``dtype`` (the block's: torch does not promote)."""
+        key = (groups, dtype)
         with self._lock:
-            if groups not in self._merged:
-                self._merged[groups] = [merge(self.xp, [self.factors[j] for j in g]) for g in groups]
-            return self._merged[groups]
+            if key not in self._merged:
+                merged = [merge(self.xp, [self.factors[j] for j in g]) for g in groups]
+                self._merged[key] = [m if m.dtype == dtype else self.xp.astype(m, dtype) for m in merged]
+            return self._merged[key]
 
 
 def check_kernel(kernel: KernelRequest, n: int, xp: ModuleType | None = None) -> KernelRequest:
@@ -211,23 +226,20 @@ def merge(xp: ModuleType, mats: Sequence[Array]) -> Array:
 def _rotate(xp: ModuleType, mats: list[Array], X: Array, column_major: bool, want: Layout) -> Array:
     """The ``"rotate"`` kernel: one GEMM per factor on a transposed view (see the module docstring)."""
     k = X.shape[1]
+    natural = "row" if column_major else "column"
+    relayout = k > 1 and want not in ("any", natural)
+    scratch = _Scratch.for_passes(xp, mats, X, final_in_scratch=relayout)
     if not column_major:
         T = X  # (c₁, …, cₙ, k), row-major: consume the leading axis, append the new one
-        for F in mats:
-            T = xp.matmul(xp.reshape(T, (F.shape[1], -1)).T, F.T)
-        rows = math.prod(T.shape) // k
-        natural = "column"
-        Y = xp.reshape(T, (k, rows)).T
+        for step, F in enumerate(mats):
+            T = scratch.matmul(step, T.reshape(F.shape[1], -1).T, F.T)
+        Y = T.reshape(k, -1).T
     else:
         T = X.T  # (k, c₁, …, cₙ), row-major: consume the trailing axis, prepend the new one
-        for F in reversed(mats):
-            T = xp.matmul(F, xp.reshape(T, (-1, F.shape[1])).T)
-        rows = math.prod(T.shape) // k
-        natural = "row"
-        Y = xp.reshape(T, (rows, k))
-    if k == 1 or want in ("any", natural):
-        return Y
-    return _relayout(xp, Y, natural == "column", want)
+        for step, F in enumerate(reversed(mats)):
+            T = scratch.matmul(step, F, T.reshape(-1, F.shape[1]).T)
+        Y = T.reshape(-1, k)
+    return _relayout(xp, Y, natural == "column", want) if relayout else Y
 
 
 def _modes(xp: ModuleType, mats: list[Array], X: Array, column_major: bool) -> Array:
@@ -235,11 +247,12 @@ def _modes(xp: ModuleType, mats: list[Array], X: Array, column_major: bool) -> A
     order = application_order([tuple(m.shape) for m in mats])
     k = X.shape[1]
     rows = math.prod(m.shape[0] for m in mats)
+    scratch = _Scratch.for_passes(xp, [mats[j] for j in order], X, final_in_scratch=False)
     if column_major:
         # Xᵀ is the row-major tensor (k, c₁, …, cₙ): k leads, nothing trails
-        Y = _mode_products(xp, mats, X.T, order, lead=k, trail=1)
-        return xp.reshape(Y, (k, rows)).T
-    return xp.reshape(_mode_products(xp, mats, X, order, lead=1, trail=k), (rows, k))
+        Y = _mode_products(mats, X.T, order, scratch, lead=k, trail=1)
+        return Y.reshape(k, rows).T
+    return _mode_products(mats, X, order, scratch, lead=1, trail=k).reshape(rows, k)
 
 
 def _numba(mats: list[Array], X: Array, column_major: bool, want: Layout) -> Array:
@@ -255,50 +268,99 @@ def _numba(mats: list[Array], X: Array, column_major: bool, want: Layout) -> Arr
     return _relayout(np, Y, False, want) if Y.shape[1] > 1 else Y
 
 
-def _mode_products(
-    xp: ModuleType, mats: list[Array], T: Array, order: list[int], *, lead: int, trail: int
-) -> Array:
+def _mode_products(mats: list[Array], T: Array, order: list[int], scratch: _Scratch, *, lead: int,
+                   trail: int) -> Array:
     """Apply every ``mats[j]`` along axis ``j`` of ``T`` viewed as ``(lead, c₁, …, cₙ, trail)``.
 
     Returns the result with ``lead·∏rⱼ·trail`` entries in that row-major order, in the shape of
     the last GEMM.
     """
     dims = [m.shape[1] for m in mats]
-    for j in order:
+    for step, j in enumerate(order):
         before = lead * math.prod(dims[:j])
         after = math.prod(dims[j + 1 :]) * trail
-        T = _mode_product(xp, mats[j], T, before, after)
+        T = _mode_product(mats[j], T, before, after, scratch, step)
         dims[j] = mats[j].shape[0]
     return T
 
 
-def _mode_product(xp: ModuleType, F: Array, T: Array, before: int, after: int) -> Array:
+def _mode_product(F: Array, T: Array, before: int, after: int, scratch: _Scratch, step: int) -> Array:
     """Multiply ``F`` (r × c) into the middle axis of ``T`` viewed as ``(before, c, after)``."""
     r, c = F.shape
     if before == 1:
-        return xp.matmul(F, xp.reshape(T, (c, after)))
+        return scratch.matmul(step, F, T.reshape(c, after))
     if after == 1:
         # a batch of matrix-vector products is one GEMM from the other side
-        return xp.matmul(xp.reshape(T, (before, c)), F.T)
-    T3 = xp.reshape(T, (before, c, after))
-    if array_api_compat.is_numpy_namespace(xp):
-        threads = machine().threads
+        return scratch.matmul(step, T.reshape(before, c), F.T)
+    T3 = T.reshape(before, c, after)
+    if array_api_compat.is_numpy_array(T3):
+        threads = thread_count()
         if split_batch(r, c, after, before, threads):
-            return _split_matmul(F, T3, threads)
-    return xp.matmul(F, T3)
+            return _split_matmul(F, T3, threads, scratch.out(step, (before, r, after)))
+    return scratch.matmul(step, F, T3)
 
+
+class _Scratch:
+    """Two buffers that a chain of NumPy GEMMs writes into in turn (``np.matmul(out=)``).
+
+    A chain of ``m`` products allocates two arrays instead of ``m``: arrays above glibc's
+    ``mmap`` threshold (up to 32 MiB) come fresh from the kernel, page faults and zeroing
+    included, each time. Step ``s`` writes buffer ``s % 2`` and reads step ``s − 1``'s, so no step
+    overwrites its own operand; the last step returns a fresh array (the result) unless
+    ``final_in_scratch`` (the caller copies it on). Small chains (below :data:`SCRATCH_ENTRIES`)
+    and torch tensors (torch keeps its own allocation cache) use plain products.
+    """
+
+    def __init__(self, buffers: list, last: int):
+        self._buffers = buffers
+        self._last = last
+
+    @classmethod
+    def for_passes(cls, xp: ModuleType, mats: list[Array], X: Array, *, final_in_scratch: bool) -> _Scratch:
+        """The scratch for applying ``mats`` in this order to ``X`` (one GEMM each)."""
+        size, sizes = X.shape[0] * X.shape[1], []
+        for F in mats:
+            size = size // F.shape[1] * F.shape[0]
+            sizes.append(size)
+        last = len(sizes) if final_in_scratch else len(sizes) - 1
+        if last == 0 or max(sizes[:last]) < SCRATCH_ENTRIES or not array_api_compat.is_numpy_array(X):
+            return _PLAIN
+        import numpy as np
+
+        return cls([np.empty(max((n for s, n in enumerate(sizes[:last]) if s % 2 == w), default=0), X.dtype)
+                    for w in (0, 1)], last)
+
+    def out(self, step: int, shape: tuple[int, ...]):
+        """The buffer of ``step`` as an array of ``shape`` (``None``: the caller allocates)."""
+        if step >= self._last:
+            return None
+        return self._buffers[step % 2][: math.prod(shape)].reshape(shape)
+
+    def matmul(self, step: int, a: Array, b: Array) -> Array:
+        """``a @ b`` (matrices, or a matrix times a batch), into the buffer of ``step`` if it has one."""
+        if step >= self._last:
+            return a @ b
+        import numpy as np
+
+        shape = (a.shape[0], b.shape[1]) if b.ndim == 2 else (b.shape[0], a.shape[0], b.shape[2])
+        return np.matmul(a, b, out=self.out(step, shape))
+
+
+_PLAIN = _Scratch([], 0)
+"""No buffers: every product allocates its result."""
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
-def _split_matmul(F, T3, threads: int):
+def _split_matmul(F, T3, threads: int, out=None):
     """``np.matmul(F, T3)`` with the batch divided into ``threads`` parts run concurrently."""
     import numpy as np
 
     global _POOL
     before = T3.shape[0]
-    out = np.empty((before, F.shape[0], T3.shape[2]), np.result_type(F, T3))
+    if out is None:
+        out = np.empty((before, F.shape[0], T3.shape[2]), np.result_type(F, T3))
     bounds = [before * t // threads for t in range(threads + 1)]
     with _POOL_LOCK:
         if _POOL is None or _POOL._max_workers != threads - 1:

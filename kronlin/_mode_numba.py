@@ -36,8 +36,8 @@ PAIR_ROWS = 1024
 PAIR_TILE_ENTRIES = 65536
 """Entries of that tile (512 KiB in float64, one L2 cache here): its width is this / rows."""
 
-TRANSPOSE_TILE = 32
-"""Side of the tiles of :func:`transpose_into` (8 KiB in float64)."""
+TRANSPOSE_ROWS = 8
+"""Rows of ``A`` per task of :func:`transpose_into` (one cache line of ``out`` per column)."""
 
 _FASTMATH = {"contract"}  # fused multiply-adds; no reassociation beyond what is written
 
@@ -276,17 +276,22 @@ def _run_pass(mats, axes, dims, T, out, trail):
 def transpose_into(A, out):
     """``out[:] = A.T`` for a C-contiguous ``A`` of shape ``(m, n)`` and ``out`` of shape ``(n, m)``.
 
-    In tiles of :data:`TRANSPOSE_TILE` × :data:`TRANSPOSE_TILE` (both in L1), one parallel task per
-    band of ``out``'s rows: NumPy's own ``ascontiguousarray(A.T)`` is single-threaded and strides
-    through memory a column at a time.
+    One parallel task per band of :data:`TRANSPOSE_ROWS` rows of ``A``: it walks the band's rows
+    together, column by column, so it reads that many contiguous streams and writes
+    :data:`TRANSPOSE_ROWS` adjacent entries of each row of ``out``. NumPy's own
+    ``ascontiguousarray(A.T)`` is single-threaded and, on these shapes, 2–4× slower per thread.
     """
     m, n = A.shape
-    t = TRANSPOSE_TILE
-    for band in prange((n + t - 1) // t):
-        j0 = band * t
-        j1 = min(j0 + t, n)
-        for i0 in range(0, m, t):
-            i1 = min(i0 + t, m)
-            for j in range(j0, j1):
+    t = TRANSPOSE_ROWS
+    for band in prange((m + t - 1) // t):
+        i0 = band * t
+        i1 = min(i0 + t, m)
+        if i1 - i0 == t:
+            for j in range(n):
+                row = out[j]
+                for i in range(t):  # a constant trip count: unrolled
+                    row[i0 + i] = A[i0 + i, j]
+        else:
+            for j in range(n):
                 for i in range(i0, i1):
                     out[j, i] = A[i, j]

@@ -1,14 +1,14 @@
-"""Numba kernels for the mode products of small Kronecker factors on NumPy arrays (CPU).
+"""Numba kernels for the ``"numba"`` plans of small Kronecker factors on NumPy arrays (CPU).
 
-BLAS is at its best on large GEMMs. A mode product with a small factor is a batch of GEMMs whose
-inner dimension is the factor size (say 16): OpenBLAS then spends about as long packing operands,
-and synchronizing its threads once per GEMM of the batch, as it spends multiplying, and every
-mode product streams the whole tensor through memory once. The kernels here run one parallel
-loop per pass with no packing, and apply two factors on adjacent axes in one pass while a tile
-of the tensor sits in cache (:func:`pair_product`), so four factors cost two passes over memory
-instead of four; the intermediates alternate between two buffers (two allocations per chain, not
-one per factor). :func:`kronlin._mode.kron_matmat` decides when they are used;
-``tests/kronlin/test_mode_numba.py`` keeps the NumPy expression as the reference.
+Every mode product streams the whole tensor through memory once, and with small factors that
+traffic, not the flops, is the cost. :func:`pair_product` applies two factors on adjacent axes in
+one pass while a tile of the tensor sits in cache, so four factors cost two passes over memory
+instead of four; one parallel loop per pass, no packing. A factor left alone runs as a BLAS mode
+product (:func:`_blas_pass`): for a single axis the traffic is the same either way and BLAS's
+kernels are faster than these loops. The intermediates alternate between two buffers (two
+allocations per chain, not one per factor). :mod:`kronlin._plan` decides when these plans are
+used; ``tests/kronlin/test_mode_numba.py`` keeps the NumPy expression as the reference.
+:func:`transpose_into` is the parallel transposed copy of the other kernels.
 
 Compile time: the kernels compile on their first call for each dtype (about 10 s for float32
 and again for float64 on the 2-core development machine) and are cached on disk
@@ -26,9 +26,8 @@ import numba
 import numpy as np
 from numba import prange
 
-TILE = 128
-"""Entries along the contiguous axis per parallel task of :func:`mode_product`: the four
-source rows and four output rows in flight (8 KiB in float64) stay in L1."""
+PAIR_MIN_WIDTH = 8
+"""Fewest entries after a pair's axes for a fused pass: its vector loops run along them."""
 
 PAIR_ROWS = 1024
 """Most rows (``c·r`` of the two factors) of the in-cache tile of :func:`pair_product`."""
@@ -132,26 +131,6 @@ def _product(F, src, s_swap, s_lo, dst, d_swap, d_lo, b, w):
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def mode_product(F, T, out):
-    r"""Multiply ``F`` into the middle axis of ``T``: ``out[b] = F @ T[b]`` for every ``b``.
-
-    Args:
-        F: shape ``(r, c)``, C-contiguous.
-        T: shape ``(before, c, after)``, C-contiguous, same dtype as ``F``.
-        out: shape ``(before, r, after)``, C-contiguous, same dtype; overwritten.
-
-    Cost: ``2·before·r·c·after`` flops in ``before·⌈after/TILE⌉`` parallel tasks.
-
-    """
-    before, _, after = T.shape
-    tiles = (after + TILE - 1) // TILE
-    for task in prange(before * tiles):
-        b = task // tiles
-        lo = (task - b * tiles) * TILE
-        _product(F, T, _NO_SWAP, lo, out, _NO_SWAP, lo, b, min(TILE, after - lo))
-
-
-@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def pair_product(F_lo, F_hi, hi_first, T, out, scratch):
     r"""Multiply ``F_lo`` and ``F_hi`` into the two middle axes of ``T`` in one pass.
 
@@ -199,15 +178,17 @@ def pair_product(F_lo, F_hi, hi_first, T, out, scratch):
 def kron_matmat(factors: Sequence[np.ndarray], X: np.ndarray, order: Sequence[int]) -> np.ndarray:
     """``(F₁ ⊗ … ⊗ Fₙ) X`` for a NumPy block ``X`` of shape ``(∏cⱼ, k)``, mode products in ``order``.
 
-    Consecutive steps of ``order`` on adjacent axes whose tile fits :data:`PAIR_ROWS` run as one
-    :func:`pair_product` pass; the others as :func:`mode_product` passes. Passes alternate
+    Consecutive steps of ``order`` on adjacent axes whose tile fits :data:`PAIR_ROWS`, with at
+    least :data:`PAIR_MIN_WIDTH` entries after them, run as one :func:`pair_product` pass; the
+    others as BLAS mode products (:func:`_blas_pass`: a single-axis pass streams the tensor once
+    either way, and BLAS's kernels are faster than these loops on one axis). Passes alternate
     between two buffers, the last one writing the result, of shape ``(∏rⱼ, k)``.
     """
     mats = [np.ascontiguousarray(f) for f in factors]
     shapes = [m.shape for m in mats]
-    passes = pass_plan(shapes, [c for _, c in shapes], order)
     trail = X.shape[1]
-    sizes = [math.prod(p[-1]) * trail for p in passes]  # entries written by each pass
+    passes = pass_plan(shapes, [c for _, c in shapes], order, trail)
+    sizes = [math.prod(p[2]) * trail for p in passes]  # entries written by each pass
     n = len(passes)
     # pass s writes buffer (n - s) % 2, so the last pass writes buffer 1: the result
     buffers = [
@@ -220,13 +201,14 @@ def kron_matmat(factors: Sequence[np.ndarray], X: np.ndarray, order: Sequence[in
     return T.reshape(-1, trail)
 
 
-def pass_plan(shapes, dims, order):
+def pass_plan(shapes, dims, order, trail=1):
     """Plan the passes: ``(axes, dims in, dims out)`` each, ``axes`` one axis or an adjacent pair.
 
     Args:
         shapes: the factors' ``(rows, cols)``.
         dims: the tensor's axis lengths before the first pass (the factors' columns).
         order: the order in which the factors are applied.
+        trail: entries after the last axis (the block width ``k``).
 
     """
     dims = list(dims)
@@ -235,7 +217,8 @@ def pass_plan(shapes, dims, order):
     while s < len(order):
         j = order[s]
         pair = order[s : s + 2] if s + 1 < len(order) else [j]
-        if len(pair) == 2 and abs(pair[0] - pair[1]) == 1 and _pair_rows(shapes, pair) <= PAIR_ROWS:
+        if (len(pair) == 2 and abs(pair[0] - pair[1]) == 1 and _pair_rows(shapes, pair) <= PAIR_ROWS
+                and math.prod(dims[max(pair) + 1 :]) * trail >= PAIR_MIN_WIDTH):
             axes = tuple(pair)
         else:
             axes = (j,)
@@ -259,9 +242,7 @@ def _run_pass(mats, axes, dims, T, out, trail):
     if len(axes) == 1:
         (j,) = axes
         before, after = math.prod(dims[:j]), math.prod(dims[j + 1 :]) * trail
-        out3 = out.reshape(before, mats[j].shape[0], after)
-        mode_product(mats[j], T.reshape(before, dims[j], after), out3)
-        return out3
+        return _blas_pass(mats[j], T, before, after, out)
     lo, hi = sorted(axes)
     before, after = math.prod(dims[:lo]), math.prod(dims[hi + 1 :]) * trail
     out4 = out.reshape(before, mats[lo].shape[0], mats[hi].shape[0], after)
@@ -270,6 +251,23 @@ def _run_pass(mats, axes, dims, T, out, trail):
     pair_product(mats[lo], mats[hi], axes[0] == hi, T.reshape(before, dims[lo], dims[hi], after), out4,
                  scratch)
     return out4
+
+
+def _blas_pass(F, T, before, after, out):
+    """``out = F`` multiplied into the middle axis of ``T`` viewed as ``(before, c, after)``, by BLAS."""
+    from ._mode import _split_matmul, split_batch
+    from ._plan import thread_count
+
+    r, c = F.shape
+    if before == 1:
+        return np.matmul(F, T.reshape(c, after), out=out.reshape(r, after))
+    if after == 1:
+        return np.matmul(T.reshape(before, c), F.T, out=out.reshape(before, r))
+    T3, out3 = T.reshape(before, c, after), out.reshape(before, r, after)
+    threads = thread_count()
+    if split_batch(r, c, after, before, threads):
+        return _split_matmul(F, T3, threads, out3)
+    return np.matmul(F, T3, out=out3)
 
 
 @numba.njit(parallel=True, cache=True)

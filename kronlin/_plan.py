@@ -11,7 +11,8 @@ over the data for more flops. The kernels (:mod:`kronlin._mode`):
 - ``"modes"``: the mode products in place, one GEMM (or a batch of GEMMs on strided views) per
   group, layout kept; batches of GEMMs too small for BLAS to thread are split across threads.
 - ``"numba"``: the fused Numba passes of :mod:`kronlin._mode_numba` (NumPy, row-major blocks):
-  two adjacent groups per pass while a tile sits in cache.
+  two adjacent groups per pass while a tile sits in cache; a group left alone runs as a BLAS
+  mode product.
 
 The cost model (:func:`estimate`) predicts a plan's time from a few machine constants
 (:class:`Machine`): per pass, the larger of its flops over the GEMM rate (an efficiency that falls
@@ -240,25 +241,32 @@ def _rotate_seconds(shapes: list[tuple[int, int]], problem: Problem, m: Machine)
 
 
 def _modes_seconds(shapes: list[tuple[int, int]], problem: Problem, m: Machine) -> float:
-    from ._mode import application_order, split_batch
+    from ._mode import application_order
 
     lead, trail = (problem.k, 1) if problem.column_major and problem.k > 1 else (1, problem.k)
     dims = [c for _, c in shapes]
     seconds = 0.0
     for j in application_order(shapes):
-        r, c = shapes[j]
-        before = lead * math.prod(dims[:j])
-        after = math.prod(dims[j + 1 :]) * trail
-        if before == 1:
-            seconds += _gemm_seconds(r, after, c, problem, m)
-        elif after == 1:
-            seconds += _gemm_seconds(before, r, c, problem, m)
-        else:
-            split = problem.backend == "numpy" and split_batch(r, c, after, before, m.threads)
-            seconds += _gemm_seconds(r, after, c, problem, m, calls=before, batched_after=after, split=split)
-        dims[j] = r
+        seconds += _mode_seconds(shapes[j], dims, j, lead, trail, problem, m)
+        dims[j] = shapes[j][0]
     natural = "column" if problem.column_major and problem.k > 1 else "row"
     return seconds + problem.copies(natural) * _transpose_seconds(math.prod(dims) * problem.k, problem, m)
+
+
+def _mode_seconds(shape: tuple[int, int], dims: list[int], j: int, lead: int, trail: int,
+                  problem: Problem, m: Machine) -> float:
+    """One mode product (``kronlin._mode._mode_product``) on axis ``j`` of ``(lead, *dims, trail)``."""
+    from ._mode import split_batch
+
+    r, c = shape
+    before = lead * math.prod(dims[:j])
+    after = math.prod(dims[j + 1 :]) * trail
+    if before == 1:
+        return _gemm_seconds(r, after, c, problem, m)
+    if after == 1:
+        return _gemm_seconds(before, r, c, problem, m)
+    split = problem.backend == "numpy" and split_batch(r, c, after, before, m.threads)
+    return _gemm_seconds(r, after, c, problem, m, calls=before, batched_after=after, split=split)
 
 
 def _numba_seconds(shapes: list[tuple[int, int]], problem: Problem, m: Machine) -> float:
@@ -268,7 +276,10 @@ def _numba_seconds(shapes: list[tuple[int, int]], problem: Problem, m: Machine) 
     dims = [c for _, c in shapes]
     size_in = math.prod(dims) * problem.k
     seconds = _transpose_seconds(size_in, problem, m) if problem.column_major and problem.k > 1 else 0.0
-    for axes, dims_in, dims_out in pass_plan(shapes, dims, application_order(shapes)):
+    for axes, dims_in, dims_out in pass_plan(shapes, dims, application_order(shapes), problem.k):
+        if len(axes) == 1:  # a BLAS mode product
+            seconds += _mode_seconds(shapes[axes[0]], dims_in, axes[0], 1, problem.k, problem, m)
+            continue
         current, flops = list(dims_in), 0.0
         for a in axes:  # in the order the pass applies them
             flops += 2.0 * math.prod(current) * problem.k * shapes[a][0]

@@ -45,6 +45,14 @@ class Cell:
         return f"{factors}, k={self.k}"
 
     @property
+    def key(self) -> str:
+        """An ASCII name (asv parameters): ``3x64x64-k1`` or ``128x64-64x128-k16``."""
+        if len(set(self.shapes)) == 1:
+            (r, c), = set(self.shapes)
+            return f"{len(self.shapes)}x{r}x{c}-k{self.k}"
+        return "-".join(f"{r}x{c}" for r, c in self.shapes) + f"-k{self.k}"
+
+    @property
     def rows(self) -> int:
         return math.prod(c for _, c in self.shapes)
 

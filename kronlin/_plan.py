@@ -45,13 +45,23 @@ BLAS_THREADING_WORK = 2**18
 
 @dataclass(frozen=True)
 class KronPlan:
-    """How ``Kron(F₁, …, Fₙ) @ X`` is computed (see :mod:`kronlin._plan`).
+    """How ``Kron(F₁, …, Fₙ) @ X`` is computed: a kernel and a grouping of the factors.
+
+    ``Kron.plan(k)`` returns the plan the cost model chose for a block of ``k`` vectors, with its
+    estimate; ``Kron(..., kernel=KronPlan(...))`` imposes one. See the Kronecker guide, section
+    "Kernels", for the kernels and the cost model.
 
     Args:
-        kernel: ``"rotate"``, ``"modes"`` or ``"numba"``.
+        kernel: ``"rotate"`` (one GEMM per group on a transposed view, the "shuffle"
+            algorithm), ``"modes"`` (mode products in place; batches of small GEMMs split
+            among threads) or ``"numba"`` (fused Numba passes over pairs of groups; NumPy only).
         groups: runs of consecutive factor indices (0-based) that cover ``0 … n−1`` in order;
-            each run is merged into one factor, its Kronecker product.
+            each run is merged into one factor, its Kronecker product (more flops, fewer passes).
         seconds: the cost model's estimate (``None`` for a plan written by hand).
+
+    Raises:
+        ValueError: an unknown kernel, or groups that are not consecutive runs covering the
+            factors in order.
 
     """
 
@@ -62,12 +72,17 @@ class KronPlan:
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel: expected one of {KERNELS}, got {self.kernel!r}")
-        flat = [j for group in self.groups for j in group]
-        if not self.groups or any(not g for g in self.groups) or flat != list(range(len(flat))):
+        try:
+            groups = tuple(tuple(int(j) for j in g) for g in self.groups)
+        except TypeError:
+            groups = None
+        flat = [j for group in groups or () for j in group]
+        if not groups or any(not g for g in groups) or flat != list(range(len(flat))):
             raise ValueError(
                 f"groups: expected runs of consecutive factor indices covering 0 … n−1 in order, "
                 f"got {self.groups!r}"
             )
+        object.__setattr__(self, "groups", groups)
 
     def __str__(self) -> str:
         terms = ", ".join("⊗".join(f"F{j + 1}" for j in group) for group in self.groups)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from ._backend import Array
 from ._krylov import cg, lanczos
+from ._plan import KronPlan
 from ._validation import check_scalar
 from .kron import Kron
 from .kron_diff import KronDiff
@@ -19,9 +20,9 @@ from .kron_diff import KronDiff
 __all__ = ["cg", "kron_diff_solve", "kron_matmul", "kron_solve", "lanczos"]
 
 
-def kron_matmul(factors: Sequence[Array], x: Array) -> Array:
-    """``(F₁ ⊗ … ⊗ Fₙ) x`` for ``x`` of shape ``(∏cⱼ,)`` or ``(∏cⱼ, k)``; see :class:`Kron`."""
-    return Kron(*factors) @ x
+def kron_matmul(factors: Sequence[Array], x: Array, *, kernel: str | KronPlan = "auto") -> Array:
+    """``(F₁ ⊗ … ⊗ Fₙ) x`` for ``x`` of shape ``(∏cⱼ,)`` or ``(∏cⱼ, k)``; ``kernel`` as for :class:`Kron`."""
+    return Kron(*factors, kernel=kernel) @ x
 
 
 def kron_solve(factors: Sequence[Array], b: Array, *, damping: float = 0.0) -> Array:

@@ -80,13 +80,15 @@ class Case:
 # -- timing -------------------------------------------------------------------------------------------
 
 def measure(candidates: dict[str, Callable[[], object]], rounds: int, budget: float,
-            slow: float | None = None, pause: float = PAUSE) -> dict:
+            slow: float | None = None, pause: float = PAUSE, sample: float = 0.0) -> dict:
     """Fastest call of each candidate over interleaved rounds, and its first result.
 
     The first call of each candidate is not timed (compilation, caches), except for a candidate
     slower than ``slow`` seconds (default ``budget``): that one call is its measurement. The
     others get ``rounds`` timed rounds, fewer if that would exceed ``budget`` seconds (at least
-    one).
+    one). With ``sample > 0`` a timed round of a candidate faster than that is as many calls in
+    a row as fill ``sample`` seconds, their mean its time (``timeit``'s way: a single call of a
+    few microseconds cannot be timed on a loaded machine).
     """
     results, best = {}, {}
     for name, fn in candidates.items():
@@ -96,13 +98,15 @@ def measure(candidates: dict[str, Callable[[], object]], rounds: int, budget: fl
     fast = {name: fn for name, fn in candidates.items() if best[name] <= (slow or budget)}
     first = dict(best)
     best.update({name: math.inf for name in fast})
+    calls = {name: max(1, round(sample / max(first[name], 1e-7))) if sample else 1 for name in fast}
     for r in range(rounds):
         for name, fn in fast.items():
-            if r == 0 or r < budget / first[name]:
+            if r == 0 or r < budget / (first[name] * calls[name]):
                 time.sleep(pause)
                 start = time.perf_counter()
-                fn()
-                best[name] = min(best[name], time.perf_counter() - start)
+                for _ in range(calls[name]):
+                    fn()
+                best[name] = min(best[name], (time.perf_counter() - start) / calls[name])
     return {name: (best[name], results[name]) for name in candidates}
 
 
@@ -464,7 +468,8 @@ def grid(args) -> None:
         print(f"floor constants, {dtype}: GEMM {rate / 1e9:.1f} GFLOP/s (512³), "
               f"copy {bandwidth / 1e9:.1f} GB/s")
     cells = [c for c in kron_grid.all_cells() if args.cells in c.name]
-    print(f"\n{len(cells)} cells × 2 dtypes; times in ms (fastest of up to {rounds} interleaved calls); "
+    print(f"\n{len(cells)} cells × 2 dtypes; times in ms (fastest of up to {rounds} interleaved rounds, "
+          "a round of a fast candidate being as many calls as fill 20 ms); "
           "ratios > 1: kronlin is faster; floor: max(flops / GEMM rate, (|X| + |Y|) / copy bandwidth)\n")
     print(f"{'cell':34s} {'dtype':7s} {'kronlin plan':38s} {'kronlin':>9s} {'pyfastkron':>10s} "
           f"{'best NumPy':>10s} {'(which)':14s} {'pfk/kl':>6s} {'np/kl':>6s} {'kl/floor':>8s}  verdict")
@@ -492,7 +497,7 @@ def grid_cell(cell, dtype: str, fk, floor_constants, rounds: int, budget: float)
         candidates["pyfastkron"] = lambda: fk.gekmm(factors, X)
     expressions = kron_grid.numpy_expressions(factors, X)
     candidates.update(expressions)
-    timed = measure(candidates, rounds, budget, pause=0.1)
+    timed = measure(candidates, rounds, budget, pause=0.1, sample=0.02)
     reference = timed["kronlin"][1]
     bad = [name for name, (_, result) in timed.items()
            if agreement(result, reference, dtype).startswith("MISMATCH")]

@@ -107,13 +107,14 @@ class Machine:
         memory_bandwidth: bytes/s from memory: one core, and all cores together.
         call_seconds: Python and BLAS entry per GEMM call.
         batch_call_seconds: per GEMM of a batched call (NumPy's loop over the batch).
-        parallel_seconds: waking the threads of a parallel kernel.
+        parallel_seconds: waking the threads of a parallel kernel (Numba, the split batches).
+        thread_seconds: a GEMM that BLAS runs on several threads waits for all of them.
 
     """
 
     threads: int
     gemm_flops: tuple[tuple[str, float], ...] = (("float64", 50e9), ("float32", 100e9))
-    gemm_half: float = 12.0
+    gemm_half: float = 8.0
     batch_half: float = 3.0
     numba_flops: tuple[tuple[str, float], ...] = (("float64", 40e9), ("float32", 80e9))
     numba_half: float = 16.0
@@ -123,6 +124,7 @@ class Machine:
     call_seconds: float = 1.2e-6
     batch_call_seconds: float = 4e-8
     parallel_seconds: float = 1.5e-5
+    thread_seconds: float = 8e-6
 
     def flops(self, dtype: str, numba: bool = False) -> float:
         return dict(self.numba_flops if numba else self.gemm_flops)[dtype]
@@ -217,15 +219,16 @@ def _gemm_seconds(m_: int, n_: int, kdim: int, problem: Problem, m: Machine, *, 
     """
     flops = 2.0 * m_ * n_ * kdim * calls
     nbytes = (m_ * kdim + kdim * n_ + m_ * n_) * calls * _itemsize(problem.dtype)
+    threaded = m.threads > 1 and m_ * n_ * kdim > BLAS_THREADING_WORK  # by BLAS itself
     if batched_after is None:
         efficiency = _saturating(min(m_, n_, kdim), m.gemm_half)
-        threads = m.threads if m_ * n_ * kdim > BLAS_THREADING_WORK else 1
-        overhead = m.call_seconds * calls
+        threads = m.threads if threaded else 1
+        overhead = (m.call_seconds + threaded * m.thread_seconds) * calls
     else:
         efficiency = _saturating(min(m_, kdim), m.gemm_half / 4) * _saturating(batched_after, m.batch_half)
-        threaded = m_ * n_ * kdim > BLAS_THREADING_WORK
         threads = m.threads if (threaded or (split and calls >= m.threads)) else 1
-        overhead = m.call_seconds + m.batch_call_seconds * calls / (threads if split else 1)
+        overhead = m.call_seconds + (m.batch_call_seconds + threaded * m.thread_seconds) * calls / (
+            threads if split else 1)
         if split:
             overhead += m.parallel_seconds
     if problem.backend != "numpy":

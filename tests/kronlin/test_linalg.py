@@ -1,5 +1,6 @@
 import numpy as np
 
+import kronlin as kl
 from kronlin import linalg
 
 from ..conftest import convert
@@ -32,3 +33,14 @@ def test_kron_diff_solve(backend, dtype):
     dense = np.kron(A, B) - np.kron(C, D)
     out = linalg.kron_diff_solve(*(convert(M, backend, dtype) for M in (A, B, C, D)), convert(b, backend, dtype))
     assert_close(out, np.linalg.solve(dense, b), dtype=dtype, cond=np.linalg.cond(dense), label="linalg")
+
+
+def test_kron_matmul_takes_the_kernel_argument(backend):
+    rng = np.random.default_rng(44)
+    A, B, X = rng.standard_normal((3, 4)), rng.standard_normal((5, 2)), rng.standard_normal((8, 7))
+    kernels = ["auto", "rotate", "modes", kl.KronPlan("modes", ((0, 1),))]
+    kernels += ["numba"] if backend == "numpy" else []
+    for kernel in kernels:
+        out = linalg.kron_matmul([convert(A, backend, "float64"), convert(B, backend, "float64")],
+                                 convert(X, backend, "float64"), kernel=kernel)
+        assert_close(out, np.kron(A, B) @ X, dtype="float64", cond=10, label="linalg")

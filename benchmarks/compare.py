@@ -80,7 +80,8 @@ class Case:
 # -- timing -------------------------------------------------------------------------------------------
 
 def measure(candidates: dict[str, Callable[[], object]], rounds: int, budget: float,
-            slow: float | None = None, pause: float = PAUSE, sample: float = 0.0) -> dict:
+            slow: float | None = None, pause: float = PAUSE, sample: float = 0.0,
+            clock: Callable[[], float] = time.perf_counter) -> dict:
     """Fastest call of each candidate over interleaved rounds, and its first result.
 
     The first call of each candidate is not timed (compilation, caches), except for a candidate
@@ -88,25 +89,31 @@ def measure(candidates: dict[str, Callable[[], object]], rounds: int, budget: fl
     others get ``rounds`` timed rounds, fewer if that would exceed ``budget`` seconds (at least
     one). With ``sample > 0`` a timed round of a candidate faster than that is as many calls in
     a row as fill ``sample`` seconds, their mean its time (``timeit``'s way: a single call of a
-    few microseconds cannot be timed on a loaded machine).
+    few microseconds cannot be timed on a loaded machine). ``clock`` reads the time (wall-clock by
+    default).
     """
     results, best = {}, {}
     for name, fn in candidates.items():
-        start = time.perf_counter()
+        start = clock()
         results[name] = fn()
-        best[name] = time.perf_counter() - start
+        best[name] = clock() - start
     fast = {name: fn for name, fn in candidates.items() if best[name] <= (slow or budget)}
     first = dict(best)
+    if sample:  # the first call paid for compilation and caches: a second one sizes the rounds
+        for name, fn in fast.items():
+            start = clock()
+            fn()
+            first[name] = clock() - start
     best.update({name: math.inf for name in fast})
     calls = {name: max(1, round(sample / max(first[name], 1e-7))) if sample else 1 for name in fast}
     for r in range(rounds):
         for name, fn in fast.items():
             if r == 0 or r < budget / (first[name] * calls[name]):
                 time.sleep(pause)
-                start = time.perf_counter()
+                start = clock()
                 for _ in range(calls[name]):
                     fn()
-                best[name] = min(best[name], (time.perf_counter() - start) / calls[name])
+                best[name] = min(best[name], (clock() - start) / calls[name])
     return {name: (best[name], results[name]) for name in candidates}
 
 
@@ -457,13 +464,16 @@ def grid(args) -> None:
     """Every cell of ``kron_grid``: kronlin, pyfastkron and the NumPy expressions, side by side."""
     _set_numpy_hugepages(args.numpy_hugepages)
     rounds, budget = (1, 0.5) if args.quick else (5, 1.5)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     start = time.perf_counter()
     header()
+    print(f"clock: {'CPU time of the process' if args.cpu_time else 'wall-clock'}, threads: "
+          f"{args.threads or 'all'} (kronlin's cost model plans for {_kronlin_threads()})")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     fk = kron_grid.pyfastkron()
     if fk is None:
         print("  pyfastkron: not installed (pip install pyfastkron); its column stays empty")
-    floors = {dtype: roofline(dtype, args) for dtype in ("float32", "float64")}
+    floors = {dtype: roofline(dtype, clock) for dtype in ("float32", "float64")}
     for dtype, (rate, bandwidth) in floors.items():
         print(f"floor constants, {dtype}: GEMM {rate / 1e9:.1f} GFLOP/s (512³), "
               f"copy {bandwidth / 1e9:.1f} GB/s")
@@ -476,7 +486,7 @@ def grid(args) -> None:
     tally: dict[str, list[str]] = {"win": [], "tie": [], "LOSS": []}
     for cell in cells:
         for dtype in ("float32", "float64"):
-            verdict, line = grid_cell(cell, dtype, fk, floors[dtype], rounds, budget)
+            verdict, line = grid_cell(cell, dtype, fk, floors[dtype], rounds, budget, clock)
             tally[verdict].append(f"{cell.name} {dtype}")
             print(line, flush=True)
     print(f"\nkronlin fastest in {len(tally['win'])} cells, tied (within {100 * (TIE - 1):.0f} %) in "
@@ -487,7 +497,8 @@ def grid(args) -> None:
           f"total {time.perf_counter() - start:.0f} s")
 
 
-def grid_cell(cell, dtype: str, fk, floor_constants, rounds: int, budget: float) -> tuple[str, str]:
+def grid_cell(cell, dtype: str, fk, floor_constants, rounds: int, budget: float,
+              clock: Callable[[], float]) -> tuple[str, str]:
     """Time one cell; its verdict and its table line."""
     factors, X = kron_grid.data(cell, dtype)
     op = kl.Kron(*factors)
@@ -497,7 +508,7 @@ def grid_cell(cell, dtype: str, fk, floor_constants, rounds: int, budget: float)
         candidates["pyfastkron"] = lambda: fk.gekmm(factors, X)
     expressions = kron_grid.numpy_expressions(factors, X)
     candidates.update(expressions)
-    timed = measure(candidates, rounds, budget, pause=0.1, sample=0.02)
+    timed = measure(candidates, rounds, budget, pause=0.1, sample=0.02, clock=clock)
     reference = timed["kronlin"][1]
     bad = [name for name, (_, result) in timed.items()
            if agreement(result, reference, dtype).startswith("MISMATCH")]
@@ -521,15 +532,21 @@ def grid_cell(cell, dtype: str, fk, floor_constants, rounds: int, budget: float)
     return verdict, line
 
 
-def roofline(dtype: str, args) -> tuple[float, float]:
+def _kronlin_threads() -> int:
+    from kronlin._plan import thread_count
+
+    return thread_count()
+
+
+def roofline(dtype: str, clock: Callable[[], float]) -> tuple[float, float]:
     """This machine's GEMM rate (512³ blocks) and copy bandwidth (128 MiB), for the floors."""
     rng = np.random.default_rng(0)
     A, B = rng.standard_normal((512, 512)).astype(dtype), rng.standard_normal((512, 4096)).astype(dtype)
-    seconds, _ = measure({"gemm": lambda: A @ B}, 5, 2.0)["gemm"]
+    seconds, _ = measure({"gemm": lambda: A @ B}, 5, 2.0, clock=clock)["gemm"]
     rate = 2 * 512 * 512 * 4096 / seconds
     src = rng.standard_normal(2**24 // (8 // np.dtype(dtype).itemsize)).astype(dtype)
     dst = np.empty_like(src)
-    copy, _ = measure({"copy": lambda: np.copyto(dst, src)}, 5, 2.0)["copy"]
+    copy, _ = measure({"copy": lambda: np.copyto(dst, src)}, 5, 2.0, clock=clock)["copy"]
     return rate, 2 * src.nbytes / copy
 
 
@@ -564,9 +581,14 @@ def main() -> None:
                         help="run the Kronecker-matmat grid (kron_grid.py) instead of the comparison")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for BLAS, OpenMP (pyfastkron) and Numba (default: all)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="with --grid --threads 1: time by the process's CPU time, which other "
+                             "processes on a shared machine do not inflate")
     parser.add_argument("--cells", default="",
                         help="with --grid, only cells whose name contains this text (e.g. 'k=1')")
     args = parser.parse_args()
+    if args.cpu_time and args.threads != 1:
+        parser.error("--cpu-time needs --threads 1 (CPU time sums the threads' time, spinning included)")
     with recorded(args.markdown):
         if args.threads is not None:
             from threadpoolctl import threadpool_limits

@@ -251,7 +251,8 @@ def _transpose_seconds(entries: int, problem: Problem, m: Machine) -> float:
 def _rotate_seconds(shapes: list[tuple[int, int]], problem: Problem, m: Machine) -> float:
     size = math.prod(c for _, c in shapes) * problem.k
     seconds = 0.0
-    for r, c in shapes:
+    # a column-major block runs the mirror image, from the last factor
+    for r, c in (reversed(shapes) if problem.column_major else shapes):
         seconds += _gemm_seconds(size // c, r, c, problem, m)
         size = size // c * r
     natural = "row" if problem.column_major else "column"

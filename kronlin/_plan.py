@@ -108,6 +108,8 @@ class Machine:
         call_seconds: Python and BLAS entry per GEMM call.
         batch_call_seconds: per GEMM of a batched call (NumPy's loop over the batch).
         parallel_seconds: waking the threads of a parallel kernel (Numba, the split batches).
+            Threads that slept since the last call take tens of microseconds to wake (far more
+            on a loaded machine), so parallel kernels are chosen only where they save more.
         thread_seconds: a GEMM that BLAS runs on several threads waits for all of them.
 
     """
@@ -123,8 +125,8 @@ class Machine:
     memory_bandwidth: tuple[float, float] = (14e9, 20e9)
     call_seconds: float = 1.2e-6
     batch_call_seconds: float = 4e-8
-    parallel_seconds: float = 1.5e-5
-    thread_seconds: float = 8e-6
+    parallel_seconds: float = 5e-5
+    thread_seconds: float = 2e-5
 
     def flops(self, dtype: str, numba: bool = False) -> float:
         return dict(self.numba_flops if numba else self.gemm_flops)[dtype]

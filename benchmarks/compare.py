@@ -591,13 +591,19 @@ def main() -> None:
         parser.error("--cpu-time needs --threads 1 (CPU time sums the threads' time, spinning included)")
     with recorded(args.markdown):
         if args.threads is not None:
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(args.threads)
-            import numba
-
-            numba.set_num_threads(args.threads)
+            limit_threads(args.threads)
         grid(args) if args.grid else compare(args)
+
+
+def limit_threads(threads: int) -> None:
+    """Every library on ``threads`` threads: BLAS, Numba, and the OpenMP runtimes (pyfastkron's)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by an OpenMP runtime when it loads
+    kron_grid.pyfastkron()  # load pyfastkron's OpenMP now, so that threadpoolctl finds it too
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+    numba.set_num_threads(threads)
 
 
 def compare(args) -> None:

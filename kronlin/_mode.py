@@ -9,12 +9,12 @@ How: a :class:`~kronlin._plan.KronPlan` chosen by the cost model of :mod:`kronli
 given by the caller) names a kernel and a grouping of consecutive factors into their Kronecker
 products; :class:`KronMatmat` runs it:
 
-- ``"rotate"`` (:func:`_rotate`): one GEMM per group on a transposed view, ``T ←
+- ``"rotate"`` (:func:`_rotate_program`): one GEMM per group on a transposed view, ``T ←
   reshape(T, (c, −1))ᵀ Fᵀ``, which consumes the leading axis and appends the new one; after all
   groups the axes are back in order with ``k`` in front, i.e. the transposed result, which one
   parallel copy turns around when the caller needs ``X``'s layout. A column-major ``X`` runs the
   mirror image from the last axis (``T ← F reshape(T, (−1, c))ᵀ``).
-- ``"modes"`` (:func:`_mode_products`): the mode products in place. On axis ``j`` the product is
+- ``"modes"`` (:func:`_modes_program`): the mode products in place. On axis ``j`` the product is
   one GEMM when the axis is outermost, one GEMM from the right when it is innermost, and a batch
   of GEMMs on strided views otherwise (no transpose is ever copied). NumPy runs a batch one GEMM
   at a time, each on one core when it is too small for BLAS's threads; such batches are split
@@ -115,7 +115,7 @@ class KronMatmat:
         self.kernel = check_kernel(kernel, len(self.factors), xp)
         self._backend = _backend(xp, self.factors[0])
         self._merged: dict[tuple, list[Array]] = {}
-        self._plans: dict[tuple, KronPlan] = {}
+        self._programs: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
     def plan(self, k: int, *, dtype: Any = None, transpose: bool = False, column_major: bool = False,
@@ -146,21 +146,29 @@ class KronMatmat:
             Shape ``(∏rⱼ, k)`` (``(∏cⱼ, k)`` with ``transpose``), the dtype of ``X``.
 
         """
-        column_major = X.shape[1] > 1 and is_column_major(X)
-        key = (X.shape[1], X.dtype, transpose, column_major, layout, thread_count(self._backend))
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = self.plan(X.shape[1], dtype=X.dtype, transpose=transpose,
-                                                column_major=column_major, layout=layout)
-        mats = self._merged_factors(plan.groups, X.dtype)
+        k = X.shape[1]
+        column_major = k > 1 and is_column_major(X)
+        key = (k, X.dtype, transpose, column_major, layout, thread_count(self._backend))
+        run = self._programs.get(key)
+        if run is None:
+            run = self._programs[key] = self._compile(k, X.dtype, transpose, column_major, layout)
+        return run(X)
+
+    def _compile(self, k: int, dtype: Any, transpose: bool, column_major: bool, layout: Layout | None):
+        """The plan for these blocks as a function of ``X``, every shape worked out in advance.
+
+        For small blocks the Python around the GEMMs is most of the time: none is left per call
+        but the loop over the steps.
+        """
+        plan = self.plan(k, dtype=dtype, transpose=transpose, column_major=column_major, layout=layout)
+        mats = self._merged_factors(plan.groups, dtype)
         mats = [m.T for m in mats] if transpose else mats
         want = layout or ("column" if column_major else "row")
         if plan.kernel == "rotate":
-            return _rotate(self.xp, mats, X, column_major, want)
+            return _rotate_program(self.xp, mats, k, column_major, want)
         if plan.kernel == "numba":
-            return _numba(mats, X, column_major, want)
-        Y = _modes(self.xp, mats, X, column_major)
-        return _relayout(self.xp, Y, column_major, want)
+            return lambda X: _numba(mats, X, column_major, want)
+        return _modes_program(self.xp, mats, k, column_major, want)
 
     def _merged_factors(self, groups: tuple[tuple[int, ...], ...], dtype: Any) -> list[Array]:
         """The groups' Kronecker products in ``dtype`` (the block's: torch does not promote)."""
@@ -223,36 +231,95 @@ def merge(xp: ModuleType, mats: Sequence[Array]) -> Array:
 # -- the kernels ----------------------------------------------------------------------------------
 
 
-def _rotate(xp: ModuleType, mats: list[Array], X: Array, column_major: bool, want: Layout) -> Array:
+def _rotate_program(xp: ModuleType, mats: list[Array], k: int, column_major: bool, want: Layout):
     """The ``"rotate"`` kernel: one GEMM per factor on a transposed view (see the module docstring)."""
-    k = X.shape[1]
     natural = "row" if column_major else "column"
     relayout = k > 1 and want not in ("any", natural)
-    scratch = _Scratch.for_passes(xp, mats, X, final_in_scratch=relayout)
     if not column_major:
-        T = X  # (c₁, …, cₙ, k), row-major: consume the leading axis, append the new one
-        for step, F in enumerate(mats):
-            T = scratch.matmul(step, T.reshape(F.shape[1], -1).T, F.T)
-        Y = T.reshape(k, -1).T
+        # (c₁, …, cₙ, k), row-major: consume the leading axis, append the new one
+        steps = [(F.shape[1], F.T) for F in mats]
     else:
-        T = X.T  # (k, c₁, …, cₙ), row-major: consume the trailing axis, prepend the new one
-        for step, F in enumerate(reversed(mats)):
-            T = scratch.matmul(step, F, T.reshape(-1, F.shape[1]).T)
-        Y = T.reshape(-1, k)
-    return _relayout(xp, Y, natural == "column", want) if relayout else Y
+        # Xᵀ is (k, c₁, …, cₙ), row-major: consume the trailing axis, prepend the new one
+        steps = [(F.shape[1], F) for F in reversed(mats)]
+    sizes = _chain_sizes([(F.shape[0], F.shape[1]) for F in (mats if not column_major else mats[::-1])],
+                         math.prod(F.shape[1] for F in mats) * k)
+    scratch_for = _Scratch.factory(xp, sizes, mats[0].dtype, final_in_scratch=relayout)
+
+    def run(X: Array) -> Array:
+        scratch = scratch_for()
+        if not column_major:
+            T = X
+            for step, (c, Ft) in enumerate(steps):
+                T = scratch.matmul(step, T.reshape(c, -1).T, Ft)
+            Y = T.reshape(k, -1).T
+        else:
+            T = X.T
+            for step, (c, F) in enumerate(steps):
+                T = scratch.matmul(step, F, T.reshape(-1, c).T)
+            Y = T.reshape(-1, k)
+        return _relayout(xp, Y, natural == "column", want) if relayout else Y
+
+    return run
 
 
-def _modes(xp: ModuleType, mats: list[Array], X: Array, column_major: bool) -> Array:
-    """The ``"modes"`` kernel; the result has ``X``'s layout."""
+def _modes_program(xp: ModuleType, mats: list[Array], k: int, column_major: bool, want: Layout):
+    """The ``"modes"`` kernel: the mode products in place, in the flop-optimal factor order.
+
+    On axis ``j`` of the tensor viewed as ``(before, cⱼ, after)`` the product is one GEMM when
+    ``before = 1``, one GEMM from the right when ``after = 1``, and a batch of GEMMs otherwise
+    (split among the threads where :func:`split_batch` says so).
+    """
     order = application_order([tuple(m.shape) for m in mats])
-    k = X.shape[1]
+    # Xᵀ of a column-major X is the row-major tensor (k, c₁, …, cₙ): k leads, nothing trails
+    lead, trail = (k, 1) if column_major else (1, k)
+    numpy = array_api_compat.is_numpy_namespace(xp)
+    threads = thread_count() if numpy else 1
+    dims = [m.shape[1] for m in mats]
+    steps = []
+    for j in order:
+        F = mats[j]
+        (r, c), before, after = F.shape, lead * math.prod(dims[:j]), math.prod(dims[j + 1 :]) * trail
+        if before == 1:
+            steps.append((_LEFT, F, (c, after)))
+        elif after == 1:  # a batch of matrix-vector products is one GEMM from the other side
+            steps.append((_RIGHT, F.T, (before, c)))
+        elif numpy and split_batch(r, c, after, before, threads):
+            steps.append((_SPLIT, F, (before, c, after)))
+        else:
+            steps.append((_LEFT, F, (before, c, after)))
+        dims[j] = r
     rows = math.prod(m.shape[0] for m in mats)
-    scratch = _Scratch.for_passes(xp, [mats[j] for j in order], X, final_in_scratch=False)
-    if column_major:
-        # Xᵀ is the row-major tensor (k, c₁, …, cₙ): k leads, nothing trails
-        Y = _mode_products(mats, X.T, order, scratch, lead=k, trail=1)
-        return Y.reshape(k, rows).T
-    return _mode_products(mats, X, order, scratch, lead=1, trail=k).reshape(rows, k)
+    sizes = _chain_sizes([tuple(mats[j].shape) for j in order], math.prod(m.shape[1] for m in mats) * k)
+    scratch_for = _Scratch.factory(xp, sizes, mats[0].dtype, final_in_scratch=False)
+
+    def run(X: Array) -> Array:
+        scratch = scratch_for()
+        T = X.T if column_major else X
+        for step, (kind, F, shape) in enumerate(steps):
+            if kind is _RIGHT:
+                T = scratch.matmul(step, T.reshape(shape), F)
+            elif kind is _SPLIT:
+                out = scratch.out(step, (shape[0], F.shape[0], shape[2]))
+                T = _split_matmul(F, T.reshape(shape), threads, out)
+            else:
+                T = scratch.matmul(step, F, T.reshape(shape))
+        Y = T.reshape(k, rows).T if column_major else T.reshape(rows, k)
+        return _relayout(xp, Y, column_major, want)
+
+    return run
+
+
+_LEFT, _RIGHT, _SPLIT = "F @ T", "T @ Fᵀ", "split F @ T"
+"""The kinds of mode-product steps (compared by identity in the loop)."""
+
+
+def _chain_sizes(shapes: list[tuple[int, int]], entries: int) -> list[int]:
+    """Entries after each step of a chain applying factors of ``shapes`` in turn to ``entries``."""
+    sizes = []
+    for r, c in shapes:
+        entries = entries // c * r
+        sizes.append(entries)
+    return sizes
 
 
 def _numba(mats: list[Array], X: Array, column_major: bool, want: Layout) -> Array:
@@ -266,38 +333,6 @@ def _numba(mats: list[Array], X: Array, column_major: bool, want: Layout) -> Arr
     mats = [np.ascontiguousarray(m, dtype=X.dtype) for m in mats]
     Y = _mode_numba.kron_matmat(mats, X, application_order([m.shape for m in mats]))
     return _relayout(np, Y, False, want) if Y.shape[1] > 1 else Y
-
-
-def _mode_products(mats: list[Array], T: Array, order: list[int], scratch: _Scratch, *, lead: int,
-                   trail: int) -> Array:
-    """Apply every ``mats[j]`` along axis ``j`` of ``T`` viewed as ``(lead, c₁, …, cₙ, trail)``.
-
-    Returns the result with ``lead·∏rⱼ·trail`` entries in that row-major order, in the shape of
-    the last GEMM.
-    """
-    dims = [m.shape[1] for m in mats]
-    for step, j in enumerate(order):
-        before = lead * math.prod(dims[:j])
-        after = math.prod(dims[j + 1 :]) * trail
-        T = _mode_product(mats[j], T, before, after, scratch, step)
-        dims[j] = mats[j].shape[0]
-    return T
-
-
-def _mode_product(F: Array, T: Array, before: int, after: int, scratch: _Scratch, step: int) -> Array:
-    """Multiply ``F`` (r × c) into the middle axis of ``T`` viewed as ``(before, c, after)``."""
-    r, c = F.shape
-    if before == 1:
-        return scratch.matmul(step, F, T.reshape(c, after))
-    if after == 1:
-        # a batch of matrix-vector products is one GEMM from the other side
-        return scratch.matmul(step, T.reshape(before, c), F.T)
-    T3 = T.reshape(before, c, after)
-    if array_api_compat.is_numpy_array(T3):
-        threads = thread_count()
-        if split_batch(r, c, after, before, threads):
-            return _split_matmul(F, T3, threads, scratch.out(step, (before, r, after)))
-    return scratch.matmul(step, F, T3)
 
 
 class _Scratch:
@@ -316,20 +351,16 @@ class _Scratch:
         self._last = last
 
     @classmethod
-    def for_passes(cls, xp: ModuleType, mats: list[Array], X: Array, *, final_in_scratch: bool) -> _Scratch:
-        """The scratch for applying ``mats`` in this order to ``X`` (one GEMM each)."""
-        size, sizes = X.shape[0] * X.shape[1], []
-        for F in mats:
-            size = size // F.shape[1] * F.shape[0]
-            sizes.append(size)
+    def factory(cls, xp: ModuleType, sizes: list[int], dtype, *, final_in_scratch: bool):
+        """A function giving each call of a chain that writes ``sizes`` entries in turn its scratch."""
         last = len(sizes) if final_in_scratch else len(sizes) - 1
-        numpy = array_api_compat.is_numpy_array(X)
-        if last == 0 or not numpy or max(sizes[:last]) * X.itemsize < SCRATCH_BYTES:
-            return _PLAIN
+        numpy = array_api_compat.is_numpy_namespace(xp)
+        if not numpy or last <= 0 or max(sizes[:last]) * _itemsize(dtype) < SCRATCH_BYTES:
+            return lambda: _PLAIN
         import numpy as np
 
-        return cls([np.empty(max((n for s, n in enumerate(sizes[:last]) if s % 2 == w), default=0), X.dtype)
-                    for w in (0, 1)], last)
+        widths = [max((n for s, n in enumerate(sizes[:last]) if s % 2 == w), default=0) for w in (0, 1)]
+        return lambda: cls([np.empty(n, dtype) for n in widths], last)
 
     def out(self, step: int, shape: tuple[int, ...]):
         """The buffer of ``step`` as an array of ``shape`` (``None``: the caller allocates)."""
@@ -352,6 +383,10 @@ _PLAIN = _Scratch([], 0)
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
+
+
+def _itemsize(dtype) -> int:
+    return 4 if dtype_name(dtype) == "float32" else 8
 
 
 def _split_matmul(F, T3, threads: int, out=None):

@@ -110,7 +110,11 @@ class Machine:
         parallel_seconds: waking the threads of a parallel kernel (Numba, the split batches).
             Threads that slept since the last call take tens of microseconds to wake (far more
             on a loaded machine), so parallel kernels are chosen only where they save more.
-        thread_seconds: a GEMM that BLAS runs on several threads waits for all of them.
+        thread_seconds: a GEMM that BLAS runs on several threads waits for all of them: tens of
+            microseconds on an idle machine, milliseconds where other processes hold the
+            cores. Charged per call, it makes the model prefer a few large threaded GEMMs to a
+            batch of many (a batch of 256 threaded GEMMs took 13 s instead of 2 on the loaded
+            development machine); on an idle one the two cost about the same.
 
     """
 
@@ -126,7 +130,7 @@ class Machine:
     call_seconds: float = 1.2e-6
     batch_call_seconds: float = 4e-8
     parallel_seconds: float = 5e-5
-    thread_seconds: float = 2e-5
+    thread_seconds: float = 1e-4
 
     def flops(self, dtype: str, numba: bool = False) -> float:
         return dict(self.numba_flops if numba else self.gemm_flops)[dtype]

@@ -292,3 +292,18 @@ def test_torch_products_never_import_numba():
             "K @ torch.ones(512, 16, dtype=torch.float64); K.eigh().inv() @ torch.ones(512)\n"
             "assert 'numba' not in sys.modules, 'numba imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("kernel", ["rotate", "modes"])
+def test_scratch_buffers_do_not_change_results(monkeypatch, kernel):
+    # chains above SCRATCH_BYTES write their intermediates into two reused buffers
+    import kronlin._mode as mode
+
+    rng = np.random.default_rng(10)
+    factors = [rng.standard_normal(s) for s in ((3, 2), (2, 4), (4, 4), (5, 3))]
+    dense = dense_kron(factors)
+    monkeypatch.setattr(mode, "SCRATCH_BYTES", 0)
+    for X in (rng.standard_normal((dense.shape[1], 5)), rng.standard_normal((5, dense.shape[1])).T):
+        for layout in (None, "row", "column"):
+            Y = KronMatmat(np, factors, kernel)(X, layout=layout)
+            np.testing.assert_allclose(Y, dense @ X, rtol=1e-12, atol=1e-12)

@@ -230,6 +230,11 @@ def _gemm_seconds(m_: int, n_: int, kdim: int, problem: Problem, m: Machine, *, 
         efficiency = _saturating(min(m_, n_, kdim), m.gemm_half)
         threads = m.threads if threaded else 1
         overhead = (m.call_seconds + threaded * m.thread_seconds) * calls
+    elif problem.backend != "numpy":
+        # torch runs a batch as one batched GEMM, parallel over the batch
+        efficiency = _saturating(min(m_, kdim), m.gemm_half / 4) * _saturating(batched_after, m.batch_half)
+        threads = m.threads
+        overhead = m.call_seconds + m.thread_seconds
     else:
         efficiency = _saturating(min(m_, kdim), m.gemm_half / 4) * _saturating(batched_after, m.batch_half)
         threads = m.threads if (threaded or (split and calls >= m.threads)) else 1
@@ -237,8 +242,6 @@ def _gemm_seconds(m_: int, n_: int, kdim: int, problem: Problem, m: Machine, *, 
             threads if split else 1)
         if split:
             overhead += m.parallel_seconds
-    if problem.backend != "numpy":
-        threads = m.threads  # torch parallelizes batched GEMMs itself
     compute = flops / (m.flops(problem.dtype) * efficiency * threads)
     memory = nbytes / m.bandwidth(nbytes, threads)
     return max(compute, memory) + overhead

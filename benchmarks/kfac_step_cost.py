@@ -48,6 +48,7 @@ SIZES = [784, 1000, 500, 250, 30, 250, 500, 1000, 784]
 PHASES = {
     "_forward": "forward",
     "_gradient": "backward",
+    "_pack_gradient": "backward",  # the flat gradient and weight decay (every step form)
     "_extra_backward": "extra backward",
     "_factor_estimates": "statistics",
     "_operators": "refresh",
@@ -112,7 +113,8 @@ def run(approx, args, device, dtype):
     loss_fn = nn.BCEWithLogitsLoss()
     sgd_model, kfac_model = autoencoder(device, dtype), autoencoder(device, dtype)
     sgd = torch.optim.SGD(sgd_model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-    kfac = KFAC(kfac_model, loss_fn, approx=approx, seed=0, quad_fraction=args.quad_fraction)
+    tau2 = {} if args.quad_fraction is None else {"quad_fraction": args.quad_fraction}
+    kfac = KFAC(kfac_model, loss_fn, approx=approx, seed=0, **tau2)
 
     def sgd_step():
         sgd.zero_grad(set_to_none=True)
@@ -169,8 +171,9 @@ def main():
     parser.add_argument("--approx", nargs="+", default=["blockdiag", "tridiag"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--quad-fraction", type=float, default=1.0,
-                        help="τ₂ (default 1 as the optimizer's; the paper's text used 1/4)")
+    parser.add_argument("--quad-fraction", type=float, default=None,
+                        help="τ₂ (default: the optimizer's, 1/4 with at least 256 cases; the "
+                             "paper's recipe has 1)")
     parser.add_argument("--markdown", metavar="PATH",
                         help="also save the output as a Markdown fragment (for docs/results/)")
     args = parser.parse_args()
@@ -178,7 +181,8 @@ def main():
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     with recorded(args.markdown):
-        print(f"device {device}, batch {args.batch}, {args.dtype}, tau2 {args.quad_fraction}, "
+        tau2 = "default" if args.quad_fraction is None else args.quad_fraction
+        print(f"device {device}, batch {args.batch}, {args.dtype}, tau2 {tau2}, "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads")
         for approx in args.approx:
             run(approx, args, device, dtype)

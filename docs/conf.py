@@ -39,10 +39,14 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # MathJax 3 served from this build's _static/mathjax/ (the package copies it and points
+    # mathjax_path there): formulas render offline, with no CDN.
+    "sphinx-mathjax-offline",
     "sphinx.ext.doctest",
     "sphinx.ext.viewcode",
     "myst_parser",
     "kronlin_docs",  # docs/_ext/kronlin_docs.py: measured results included when recorded
+    "html_checks",  # docs/_ext/html_checks.py: no external script, every internal link resolves
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -89,7 +93,8 @@ trim_doctest_flags = True
 # -- HTML ---------------------------------------------------------------------------------------
 html_theme = "furo"
 html_title = f"kronlin {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["kronlin.css"]  # wide display equations and result tables scroll
 html_theme_options = {
     "navigation_with_keys": True,
 }

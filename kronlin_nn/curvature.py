@@ -1,20 +1,27 @@
 r"""The damped inverses :math:`\breve F_\gamma^{-1}`, :math:`\hat F_\gamma^{-1}` as kronlin operators.
 
-Layer ``i``'s damped factors are (paper §6.3; spec §3.2, §8)
+Kronecker block ``i``'s damped factors are (paper §6.3; spec §3.2, §8)
 
 .. math::
     \bar A^\gamma_i = \bar A_i + \pi_i\gamma I, \qquad G^\gamma_i = \kappa\tilde G_i + (\gamma/\pi_i) I,
 
-with :math:`\pi_i` from the undamped factors (:func:`kronlin_nn.damping.pi_scales`).
+with :math:`\pi_i` from the undamped factors (:func:`kronlin_nn.damping.pi_scales`); a
+diagonal block's is :math:`\kappa D + \gamma^2 I`. Each curvature block
+(:mod:`kronlin_nn.blocks`) builds its own damped inverses for all γ candidates at once
+(:class:`Candidates`); this module holds the shared factorizations and assembles the blocks:
 
-- Block-diagonal (paper §4.2): ``BlockDiag([Kron((G^γ_i)⁻¹, (Ā^γ_i)⁻¹)])``. The factor
+- Block-diagonal (paper §4.2): ``BlockDiag`` of the blocks' inverses, e.g.
+  ``BlockDiag([Kron((G^γ_i)⁻¹, (Ā^γ_i)⁻¹)])`` for linear layers
+  (:func:`blockdiag_candidates`, :func:`blockdiag_inverses`). The factor
   inverses come from batched Cholesky factorizations, all γ candidates of a factor in one
   call. We measured this cheaper than one ``eigh`` per factor shared by the candidates:
   ``eigh`` of a 1000×1000 matrix costs ~3.5 Cholesky inverses on a 2-core CPU, and more on
   GPUs, and the eigenbasis route still needs one GEMM per candidate and factor to form the
   inverse (applying ``KronEigen`` instead would cost four GEMMs per step, not two).
-- Block-tridiagonal (paper §4.3): ``BlockTridiagInverse`` with the damped diagonal factors
-  and the *undamped* cross moments :math:`\kappa\tilde G_{i,i+1}`, :math:`\bar A_{i-1,i}`.
+- Block-tridiagonal (paper §4.3): ``BlockTridiagInverse`` over a chain of linear or
+  convolution blocks, with the damped diagonal factors and the *undamped* cross moments
+  :math:`\kappa\tilde G_{i,i+1}`, :math:`\bar A_{i-1,i}` (:func:`tridiag_blocks`,
+  :func:`tridiag_inverse`); the other blocks sit on its block diagonal.
 
 Failures (non-finite or indefinite factors, a float32 factorization that fails even in
 float64) raise :class:`FactorError`; the optimizer then keeps its last good inverses.
@@ -23,18 +30,26 @@ float64) raise :class:`FactorError`; the optimizer then keeps its last good inve
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 import kronlin
 
+from .operators import Diagonal
+
 __all__ = [
+    "Candidates",
     "FactorError",
     "KFACWarning",
+    "blockdiag_candidates",
     "blockdiag_inverses",
+    "diagonal_candidates",
+    "kronecker_candidates",
     "tridiag_blocks",
+    "tridiag_candidates",
     "tridiag_inverse",
 ]
 
@@ -106,10 +121,86 @@ def check_finite(factors: Sequence[Tensor]) -> None:
         raise FactorError("the curvature statistics contain NaN or inf")
 
 
+@dataclass
+class Candidates:
+    """One block's damped inverses for ``c`` damping candidates, built once they are kept.
+
+    Attributes:
+        ok: shape ``(c,)``, whether candidate ``j``'s damped curvature is positive definite.
+        build: ``build(j)`` returns candidate ``j``'s inverse as a kronlin operator.
+
+    """
+
+    ok: Tensor
+    build: Callable[[int], kronlin.LinearOperator]
+
+
+def kronecker_candidates(A: Tensor, G: Tensor, pi: Tensor, gammas: Tensor,
+                         label: str = "") -> Candidates:
+    r"""``Kron((G + γ/π I)⁻¹, (A + γπ I)⁻¹)`` for each γ of ``gammas`` (paper §6.3).
+
+    Args:
+        A: an undamped input factor :math:`\bar A`, ``(d_a, d_a)``.
+        G: an undamped output factor :math:`\kappa\tilde G`, ``(d_g, d_g)``.
+        pi: :math:`\pi`, a 0-d tensor.
+        gammas: the damping candidates, shape ``(c,)``.
+        label: the block's label in warnings (``A[label]``, ``G[label]``).
+
+    """
+    A_inv, ok_a = damped_inverses(symmetrized(A), gammas * pi, f"A[{label}]")
+    G_inv, ok_g = damped_inverses(symmetrized(G), gammas / pi, f"G[{label}]")
+    return Candidates(ok_a & ok_g, lambda j: kronlin.Kron(G_inv[j], A_inv[j]))
+
+
+def diagonal_candidates(D: Tensor, gammas: Tensor) -> Candidates:
+    r"""``diag(D + γ²)⁻¹`` for each γ of ``gammas``: a diagonal block's damped inverse.
+
+    :math:`\gamma^2` is the diagonal analogue of factored Tikhonov damping, whose
+    :math:`\gamma^2 I` term is the whole damping for a block with no Kronecker structure
+    (γ = √(λ + η)).
+
+    Args:
+        D: the block's curvature diagonal, κ included, shape ``(size,)``.
+        gammas: the damping candidates, shape ``(c,)``.
+
+    """
+    damped = D[None, :] + torch.square(gammas)[:, None]
+    ok = ((damped > 0) & torch.isfinite(damped)).all(1)
+    inverse = 1 / damped
+    return Candidates(ok, lambda j: Diagonal(inverse[j]))
+
+
+def blockdiag_candidates(
+    blocks: Sequence[Candidates], gammas: Sequence[float]
+) -> tuple[list[kronlin.BlockDiag], list[float]]:
+    """The block-diagonal inverse for each γ that every block could factor (one host sync).
+
+    Args:
+        blocks: per block, its damped inverses for ``gammas``, in the flat vector's order.
+        gammas: the damping candidates.
+
+    Returns:
+        ``(operators, kept)``: one ``BlockDiag`` per kept γ, and those γ.
+
+    Raises:
+        FactorError: no γ gives positive definite damped curvature in every block.
+
+    """
+    ok = torch.stack([b.ok for b in blocks]).all(0)
+    kept = [j for j, good in enumerate(ok.tolist()) if good]
+    if not kept:
+        raise FactorError(f"no damping in gamma={list(gammas)} makes the factors positive definite")
+    ops = [kronlin.BlockDiag([b.build(j) for b in blocks]) for j in kept]
+    return ops, [gammas[j] for j in kept]
+
+
 def blockdiag_inverses(
     A: Sequence[Tensor], G: Sequence[Tensor], pis: Sequence[Tensor], gammas: Sequence[float]
 ) -> tuple[list[kronlin.BlockDiag], list[float]]:
     r"""``BlockDiag([Kron((G_i + γ/π_i I)⁻¹, (A_i + γπ_i I)⁻¹)])`` for each γ in ``gammas``.
+
+    The block-diagonal inverse of a list of Kronecker factors (as
+    :func:`~kronlin_nn.kfac_factors` gives them).
 
     Args:
         A: undamped input factors :math:`\bar A_i`, ``(d_in+1, d_in+1)``.
@@ -127,18 +218,9 @@ def blockdiag_inverses(
     """
     check_finite([*A, *G])
     g = torch.tensor(gammas, dtype=A[0].dtype, device=A[0].device)
-    per_layer, ok = [], torch.ones(len(gammas), dtype=torch.bool, device=g.device)
-    for i, (a, gi, pi) in enumerate(zip(A, G, pis, strict=True)):
-        A_inv, ok_a = damped_inverses(symmetrized(a), g * pi, f"A[{i}]")
-        G_inv, ok_g = damped_inverses(symmetrized(gi), g / pi, f"G[{i}]")
-        per_layer.append((G_inv, A_inv))
-        ok &= ok_a & ok_g
-    kept = [j for j, good in enumerate(ok.tolist()) if good]
-    if not kept:
-        raise FactorError(f"no damping in gamma={list(gammas)} makes the factors positive definite")
-    ops = [kronlin.BlockDiag([kronlin.Kron(G_inv[j], A_inv[j]) for G_inv, A_inv in per_layer])
-           for j in kept]
-    return ops, [gammas[j] for j in kept]
+    blocks = [kronecker_candidates(a, gi, pi, g, str(i))
+              for i, (a, gi, pi) in enumerate(zip(A, G, pis, strict=True))]
+    return blockdiag_candidates(blocks, gammas)
 
 
 Pair = tuple[Tensor, Tensor]
@@ -190,3 +272,56 @@ def tridiag_inverse(diag: Sequence[Pair], offdiag: Sequence[Pair]) -> kronlin.Bl
 
 def _shifted(M: Tensor, c: Tensor | float) -> Tensor:
     return M + c * torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
+
+
+def tridiag_candidates(
+    A: Sequence[Tensor],
+    G: Sequence[Tensor],
+    A_cross: Sequence[Tensor],
+    G_cross: Sequence[Tensor],
+    pis: Sequence[Tensor],
+    others: Sequence[Candidates],
+    gammas: Sequence[float],
+) -> tuple[list[kronlin.LinearOperator], list[float], list[tuple[list[Pair], list[Pair]]]]:
+    r""":math:`\hat F_\gamma^{-1}` for each γ: the chain's ``BlockTridiagInverse``, the others beside it.
+
+    Args:
+        A: the chain's undamped input factors, in chain order.
+        G: its output factors, scaled by :math:`\kappa`.
+        A_cross: :math:`\bar A_{i-1,i}` of neighbouring layers.
+        G_cross: :math:`\kappa\tilde G_{i,i+1}`.
+        pis: :math:`\pi_i`.
+        others: the damped inverses of the blocks outside the chain, in the flat vector's order
+            after the chain's.
+        gammas: the damping candidates.
+
+    Returns:
+        ``(operators, kept, blocks)``: for each γ that every block could factor, the operator
+        (``BlockDiag([chain, *others])``, or the chain's alone), γ, and the chain's
+        ``(diag, offdiag)`` blocks (to rebuild it).
+
+    Raises:
+        FactorError: no γ works.
+
+    """
+    ok = (torch.stack([o.ok for o in others]).all(0).tolist() if others
+          else [True] * len(gammas))
+    ops, kept, blocks, error = [], [], [], None
+    for j, gamma in enumerate(gammas):
+        if not ok[j]:
+            error = FactorError(f"gamma={gamma} does not make every diagonal block positive definite")
+            continue
+        try:
+            b = tridiag_blocks(A, G, A_cross, G_cross, pis, gamma)
+            op = tridiag_inverse(*b)
+        except FactorError as err:
+            error = err
+            continue
+        if others:
+            op = kronlin.BlockDiag([op, *(o.build(j) for o in others)])
+        ops.append(op)
+        kept.append(gamma)
+        blocks.append(b)
+    if not ops:
+        raise error
+    return ops, kept, blocks

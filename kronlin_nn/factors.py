@@ -1,6 +1,11 @@
-r"""Kronecker factors of the Fisher for one batch (paper §3, §5; spec §1–§2).
+r"""The curvature of one batch: output vectors, output gradients, and every block's factors.
 
-For layer ``i`` with inputs :math:`\bar a` (homogeneous coordinate included when the layer
+The optimizer and :func:`kfac_factors` share these steps: sample (or take, or factor) the
+vectors to backpropagate from the outputs (:func:`output_vectors`), backpropagate them to the
+recorded layer outputs only (:func:`output_gradients`), and let each curvature block
+(:mod:`kronlin_nn.blocks`) turn its records and gradients into statistics; a chain's cross
+moments come from :func:`cross_factors`. For a linear layer (paper §3, §5; spec §1–§2)
+with inputs :math:`\bar a` (homogeneous coordinate included when the layer
 has a bias) and output gradients :math:`g`, K-FAC approximates the layer's Fisher block by
 
 .. math::
@@ -24,16 +29,17 @@ reduction included; for one case and ``fisher="exact"`` it *equals* the exact GG
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from .capture import forward_recorded, homogeneous, supported_layers
+from .blocks import CurvatureBlock, model_blocks
+from .capture import forward_recorded, group_calls
 from .losses import PredictiveDistribution, predictive_distribution
 
-__all__ = ["FISHER_KINDS", "kfac_factors"]
+__all__ = ["FISHER_KINDS", "BlockFactors", "kfac_factors"]
 
 FisherKind = Literal["mc", "empirical", "exact"]
 FISHER_KINDS = ("mc", "empirical", "exact")
@@ -51,12 +57,13 @@ def output_vectors(
     targets: Tensor | None,
     fisher: FisherKind,
     generator: torch.Generator | None,
+    scale: Tensor | None = None,
 ) -> Tensor:
     r"""The vectors to backpropagate from the outputs: shape ``(K, n, D)``.
 
     ``"mc"``: :math:`\nabla_z \ell(\hat y, z)` with :math:`\hat y \sim r(\cdot\mid z)` (``K = 1``);
-    ``"empirical"``: the same with the data's targets; ``"exact"``: the ``K = D`` columns of
-    :math:`F_R^{1/2}`, so that summing over ``K`` gives :math:`E_{\hat y}` exactly.
+    ``"empirical"``: the loss's gradient for the data's targets; ``"exact"``: the ``K = D``
+    columns of :math:`F_R^{1/2}`, so that summing over ``K`` gives :math:`E_{\hat y}` exactly.
 
     Args:
         dist: the loss's predictive distribution.
@@ -64,30 +71,36 @@ def output_vectors(
         targets: the data's targets (used by ``"empirical"`` only).
         fisher: ``"mc"``, ``"empirical"`` or ``"exact"``.
         generator: random source for ``"mc"``.
+        scale: ``(n, D)`` or ``(n, 1)`` factors of the loss's weights
+            (:attr:`~kronlin_nn.losses.SubBatchWeights.outputs`), or ``None``.
 
     """
     if fisher == "mc":
-        return dist.output_grad(z, dist.sample_targets(z, generator))[None]
-    if fisher == "empirical":
-        return dist.output_grad(z, targets)[None]
-    return dist.fisher_sqrt(z)
+        vectors = dist.output_grad(z, dist.sample_targets(z, generator))[None]
+    elif fisher == "empirical":
+        vectors = dist.data_grad(z, targets)[None]
+    else:
+        vectors = dist.fisher_sqrt(z)
+    return vectors if scale is None else vectors * scale
 
 
 def output_gradients(z: Tensor, outputs: Sequence[Tensor], vectors: Tensor) -> list[Tensor]:
-    """Backpropagate each of the ``K`` vectors from ``z`` to the layer outputs.
+    """Backpropagate each of the ``K`` vectors from ``z`` to the recorded outputs.
 
-    Only the gradients with respect to the layer outputs are computed (no weight gradients),
-    which costs about one GEMM per layer and vector. The graph is freed afterwards.
+    Only the gradients with respect to the recorded outputs are computed (no weight
+    gradients), which costs about one GEMM per layer and vector. The graph is freed afterwards.
 
     Args:
         z: the model outputs as ``(n, D)``, part of the graph.
-        outputs: the layer outputs ``s``, each of shape ``(n, d_out)``.
+        outputs: the recorded outputs ``s``, each of shape ``(n, …)``.
         vectors: shape ``(K, n, D)``.
 
     Returns:
-        One tensor per layer of shape ``(K·n, d_out)``: the gradients stacked over ``K``.
+        One tensor per output of shape ``(K·n, …)``: the gradients stacked over ``K``.
 
     """
+    if not outputs:  # nothing recorded (first-order blocks only)
+        return []
     K = vectors.shape[0]
     per_vector = [
         torch.autograd.grad(z, list(outputs), grad_outputs=vectors[k], retain_graph=k < K - 1)
@@ -98,28 +111,53 @@ def output_gradients(z: Tensor, outputs: Sequence[Tensor], vectors: Tensor) -> l
     return [torch.cat([grads[i] for grads in per_vector]).detach() for i in range(len(outputs))]
 
 
-def input_factors(a_bar: Sequence[Tensor]) -> list[Tensor]:
-    r""":math:`\bar A = \bar a^\top \bar a / n` per layer, ``a_bar[i]`` of shape ``(n, d)``."""
-    return [a.T @ a / a.shape[0] for a in a_bar]
-
-
-def gradient_factors(g: Sequence[Tensor], n: int) -> list[Tensor]:
-    r""":math:`\tilde G = g^\top g / n` per layer (``g[i]`` of shape ``(K·n, d)``, summed over ``K``)."""
-    return [gi.T @ gi / n for gi in g]
-
-
 def cross_factors(
     a_bar: Sequence[Tensor], g: Sequence[Tensor], n: int
 ) -> tuple[list[Tensor], list[Tensor]]:
     r"""Moments between consecutive layers of a chain (paper §4.3; spec §2.1).
 
-    Returns ``(A_cross, G_cross)`` with ``A_cross[i]`` :math:`= \bar a_{(i)}^\top \bar a_{(i+1)} / n`
-    (inputs of layers ``i`` and ``i+1``, shape ``(d_in_i (+1), d_in_{i+1} (+1))``) and
-    ``G_cross[i]`` :math:`= g_{(i)}^\top g_{(i+1)} / n` (shape ``(d_out_i, d_out_{i+1})``).
+    Args:
+        a_bar: per layer, its input rows :math:`\bar a` (``(n·R, d_a)``, homogeneous
+            coordinate included), the same ``R`` locations per case for every layer.
+        g: per layer, its output-gradient rows (``(K·n·R, d_out)``), in the same order.
+        n: the number of cases.
+
+    Returns ``(A_cross, G_cross)`` with ``A_cross[i]`` :math:`= \bar a_{(i)}^\top \bar a_{(i+1)} / (nR)`
+    (inputs of layers ``i`` and ``i+1``, shape ``(d_a_i, d_a_{i+1})``) and ``G_cross[i]``
+    :math:`= g_{(i)}^\top g_{(i+1)} / n` (shape ``(d_out_i, d_out_{i+1})``): location ``r`` of
+    layer ``i`` is paired with location ``r`` of layer ``i + 1``.
+
     """
-    A_cross = [a_bar[i].T @ a_bar[i + 1] / n for i in range(len(a_bar) - 1)]
+    A_cross = [a_bar[i].T @ a_bar[i + 1] / a_bar[i].shape[0] for i in range(len(a_bar) - 1)]
     G_cross = [g[i].T @ g[i + 1] / n for i in range(len(g) - 1)]
     return A_cross, G_cross
+
+
+class BlockFactors(Mapping):
+    """``{module: factors}`` of every curvature block, also indexed by names.
+
+    Iterating gives the modules in block order. A key may be a module, its name in the model
+    (``"features.0"``; ``""`` for the model itself) or the name of one of its parameters
+    (``"features.0.weight"``).
+    """
+
+    def __init__(self, blocks: Sequence[CurvatureBlock], factors: Sequence[tuple]):
+        self._by_module = {b.module: f for b, f in zip(blocks, factors, strict=True)}
+        self._by_name = {b.name: f for b, f in zip(blocks, factors, strict=True)}
+        for b, f in zip(blocks, factors, strict=True):
+            self._by_name.update({name: f for name in b.param_names if name is not None})
+
+    def __getitem__(self, key: nn.Module | str) -> tuple:
+        table = self._by_name if isinstance(key, str) else self._by_module
+        if key not in table:
+            raise KeyError(f"{key!r}: no curvature block of this model has that module or name")
+        return table[key]
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return iter(self._by_module)
+
+    def __len__(self) -> int:
+        return len(self._by_module)
 
 
 def kfac_factors(
@@ -130,48 +168,67 @@ def kfac_factors(
     fisher: FisherKind = "mc",
     *,
     generator: torch.Generator | None = None,
-) -> dict[nn.Linear, tuple[Tensor, Tensor]]:
-    r"""The Kronecker factors ``(A, G)`` of every trainable ``nn.Linear`` for one batch.
+    unsupported: str = "diagonal",
+) -> BlockFactors:
+    r"""The factors of every curvature block of ``model`` for one batch.
 
     Stateless: one forward pass and one backward pass per output vector (``D`` of them for
     ``fisher="exact"``); parameters and their ``.grad`` are untouched.
 
     Args:
-        model: the network; its trainable parameters must all belong to ``nn.Linear`` layers,
-            whose inputs are ``(n, d_in)``.
+        model: the network; every trainable parameter gets a block (:mod:`kronlin_nn.blocks`).
         loss_fn: ``nn.MSELoss``, ``nn.BCEWithLogitsLoss`` or ``nn.CrossEntropyLoss`` (reduction
-            ``"mean"`` or ``"sum"``); its reduction sets :math:`\kappa`.
+            ``"mean"`` or ``"sum"``, any other option: :mod:`kronlin_nn.losses`); its reduction
+            sets :math:`\kappa`.
         inputs: a batch of ``N`` cases, ``model(inputs)`` of shape ``(N, …)``.
-        targets: the batch's targets (used by ``fisher="empirical"`` only).
+        targets: the batch's targets (by ``fisher="empirical"``, and for the loss's weights:
+            ``ignore_index``, class weights, ``pos_weight``).
         fisher: ``"mc"`` (one target sampled per case from the model), ``"empirical"`` (data
             targets) or ``"exact"`` (expectation over the model's distribution).
         generator: random source for ``"mc"`` (default: torch's global generator).
+        unsupported: what parameters without a registered block get
+            (:data:`~kronlin_nn.blocks.UNSUPPORTED`); ``"first_order"`` blocks have no
+            factors and are left out.
 
     Returns:
-        ``{layer: (A, G)}`` with ``A`` of shape ``(d_in + 1, d_in + 1)`` (``d_in`` without bias),
-        the homogeneous coordinate last, and ``G`` of shape ``(d_out, d_out)``, scaled so that
-        ``A ⊗ G`` (paper order; ``Kron(G, A)`` in kronlin) approximates the Fisher of
-        ``loss_fn(model(inputs), targets)``; see the module docstring.
+        A mapping from each block's module (or its name, or a parameter's name) to its
+        factors, scaled so that they approximate the Fisher of ``loss_fn(model(inputs),
+        targets)`` (see the module docstring):
+
+        - Kronecker blocks (``nn.Linear``, ``nn.Conv2d``, ``nn.Embedding``):
+          :class:`~kronlin_nn.blocks.KroneckerFactors` ``(A, G)``, ``A`` of shape
+          ``(d_a, d_a)`` (the homogeneous coordinate last; a vector ``(V,)`` for an
+          embedding's diagonal factor) and ``G`` of shape ``(d_out, d_out)``, the block being
+          ``A ⊗ G`` (paper order; ``Kron(G, A)`` in kronlin);
+        - diagonal blocks: :class:`~kronlin_nn.blocks.DiagonalFactors`, the Fisher's
+          diagonal of each parameter, shaped like it.
 
     Raises:
         TypeError, ValueError: an unsupported loss, model, fisher kind or input shape.
 
     """
     check_fisher(fisher)
-    layers = supported_layers(model)
+    blocks = [b for b in model_blocks(model, unsupported) if b.recorded]
     dist = predictive_distribution(loss_fn)
-    z, calls = forward_recorded(model, layers, inputs)
+    dist.check_fisher(fisher)
+    z, calls = forward_recorded(model, [b.module for b in blocks], inputs)
+    dist.check_output(z)
+    per_block = group_calls(calls, len(blocks))
+    for block, block_calls in zip(blocks, per_block, strict=True):
+        block.check(block_calls)
     n = z.shape[0]
     z = z.reshape(n, -1)
-    targets = flat_targets(targets, n) if fisher == "empirical" else None
-    vectors = output_vectors(dist, z.detach(), targets, fisher, generator)
-    g = output_gradients(z, [c.output() for c in calls], vectors)
-    a_bar = [homogeneous(c.a, layers[c.layer].bias is not None) for c in calls]
+    weights = dist.weights(targets, n, z.dtype)
+    y = flat_targets(targets, n) if fisher == "empirical" else None
+    vectors = output_vectors(dist, z.detach(), y, fisher, generator, weights.outputs)
+    grads = iter(output_gradients(z, [c.output() for cs in per_block for c in cs], vectors))
     kappa = dist.scale(n, z.shape[1]) * n
-    return {
-        layers[c.layer]: (A, kappa * G)
-        for c, A, G in zip(calls, input_factors(a_bar), gradient_factors(g, n), strict=True)
-    }
+    factors = []
+    for block, block_calls in zip(blocks, per_block, strict=True):
+        block_grads = [next(grads) for _ in block_calls]
+        stats = block.batch_statistics(block_calls, block_grads, n, weights.inputs)
+        factors.append(block.factors(stats, kappa))
+    return BlockFactors(blocks, factors)
 
 
 def flat_targets(targets: Tensor, n: int) -> Tensor:

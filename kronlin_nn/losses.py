@@ -23,17 +23,69 @@ loss                      distribution            :math:`F_R`                   
 ``reduction="sum"`` has ``s = 1``; ``reduction="none"`` is rejected (the objective must be a
 scalar). ``nn.MSELoss`` is :math:`\sum_j (y_j - z_j)^2`, the NLL of a Gaussian of variance ½
 up to a constant, so its Fisher is ``2I`` per element, matching the loss exactly as written.
+
+**Options.** Every option of these loss modules enters the objective, the statistics and the
+quadratic model exactly. The curvature K-FAC approximates is the loss's own Hessian with respect
+to the outputs (the generalized Gauss–Newton matrix :math:`J^\top H J`, which for the unweighted
+losses is the Fisher of the distribution), and each option makes it a weighted sum
+
+.. math::
+    H = \sum_n \rho_n \operatorname{diag}(\sqrt{v_n}) F_{R,n} \operatorname{diag}(\sqrt{v_n}),
+
+with per-case weights :math:`\rho_n` (:meth:`PredictiveDistribution.case_weights`) and, for
+``nn.BCEWithLogitsLoss``, per-output weights :math:`v_n` (:meth:`~PredictiveDistribution.element_weights`):
+
+- ``CrossEntropyLoss(ignore_index=i)``: the cases with target ``i`` weigh 0 (``"mean"``
+  averages over the others);
+- ``CrossEntropyLoss(weight=W)``: :math:`\rho_n \propto W_{y_n}`, and ``"mean"`` divides by
+  :math:`\sum_n W_{y_n}`;
+- ``CrossEntropyLoss(label_smoothing=ε)``: :math:`F_R` is unchanged, :math:`\rho_n \propto
+  (1-\varepsilon)W_{y_n} + \tfrac{\varepsilon}{C}\sum_c W_c`, and the empirical Fisher's
+  vectors use the smoothed targets;
+- ``BCEWithLogitsLoss(weight=w)``: :math:`v_{nj} = w_j` (broadcast over the cases);
+- ``BCEWithLogitsLoss(pos_weight=p)``: :math:`v_{nj} = 1 + (p_j - 1) y_{nj}`, from the loss's
+  Hessian.
+
+``fisher="empirical"`` with a ``weight`` or ``pos_weight`` is refused: a weighted loss has no
+unique per-case gradient whose outer products would be "the" empirical Fisher. A ``weight``
+with a batch dimension is refused too: K-FAC evaluates the loss on sub-batches.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PredictiveDistribution", "predictive_distribution"]
+__all__ = ["CaseWeights", "PredictiveDistribution", "SubBatchWeights", "predictive_distribution"]
+
+
+class CaseWeights(NamedTuple):
+    r"""Per-case weights of a loss on one batch, ``(N,)`` each."""
+
+    curvature: Tensor
+    """:math:`c_n`, the case's weight in the loss's Hessian (before the reduction)."""
+    reduction: Tensor
+    """:math:`d_n`, its share of what ``reduction="mean"`` divides by."""
+
+
+class SubBatchWeights(NamedTuple):
+    r"""The weights of a sub-batch's statistics (the first ``n`` cases of a batch).
+
+    With :math:`\kappa = sN` the reduction scale of the batch (:meth:`PredictiveDistribution.scale`),
+    the batch's curvature :math:`\sum_{i \le N} \rho_i H_i` is estimated from the sub-batch as
+    :math:`\kappa\,\frac1n\sum_{i \le n} w_i t H_i` with input weights
+    :math:`w_i = n c_i / \sum_{j \le n} c_j` (mean 1) and :math:`t = \sum_{i \le N}\rho_i / \kappa`.
+    """
+
+    inputs: Tensor | None
+    """:math:`w`, ``(n,)``, the weights of per-case expectations over layer inputs (``None``: uniform)."""
+    outputs: Tensor | None
+    r"""``(n, D)`` or ``(n, 1)``, :math:`\sqrt{w_i t\, v_{ij}}`, multiplying every vector at the outputs
+    (``None``: one)."""
 
 
 class PredictiveDistribution:
@@ -70,6 +122,37 @@ class PredictiveDistribution:
     def _elements_per_case(self, n_outputs: int) -> int:
         return n_outputs
 
+    def check_output(self, z: Tensor) -> None:
+        """Refuse model outputs whose flattening to ``(n, D)`` would change the distribution."""
+
+    def check_fisher(self, fisher: str) -> None:
+        """Refuse a Fisher kind the loss's options do not define (see the module docstring)."""
+
+    def case_weights(self, targets: Tensor, dtype: torch.dtype) -> CaseWeights | None:
+        """The batch's per-case weights from its targets, in ``dtype`` (``None``: all the same)."""
+        return None
+
+    def element_weights(self, targets: Tensor) -> Tensor | None:
+        """Per-output curvature weights ``(n, D)`` from targets ``(n, …)`` (``None``: all one)."""
+        return None
+
+    def weights(self, targets: Tensor, n: int, dtype: torch.dtype) -> SubBatchWeights:
+        """The :class:`SubBatchWeights` of the first ``n`` cases of the batch with ``targets``.
+
+        Every weight is computed in ``dtype`` on the device (no host synchronization); a
+        sub-batch whose cases all weigh zero gives non-finite weights, so non-finite statistics.
+        """
+        cases = self.case_weights(targets, dtype)
+        elements = self.element_weights(targets[:n])
+        root = None if elements is None else elements.sqrt()
+        if cases is None:
+            return SubBatchWeights(None, root)
+        c = cases.curvature
+        w = c[:n] * (n / c[:n].sum())
+        total = c.sum() / (cases.reduction.sum() if self.reduction == "mean" else c.shape[0])
+        case_root = (w * total).sqrt()[:, None]
+        return SubBatchWeights(w, case_root if root is None else case_root * root)
+
     def output_grad(self, z: Tensor, y: Tensor) -> Tensor:
         r""":math:`\partial \ell(y_n, z_n) / \partial z_n` for every case: shape ``(n, D)``.
 
@@ -79,6 +162,14 @@ class PredictiveDistribution:
 
         """
         raise NotImplementedError
+
+    def data_grad(self, z: Tensor, y: Tensor) -> Tensor:
+        """The per-case gradient of the loss as configured, for the data's targets ``y``.
+
+        The empirical Fisher's vectors; :meth:`output_grad` unless an option (label smoothing)
+        changes the loss's gradient without changing its curvature.
+        """
+        return self.output_grad(z, y)
 
     def sample_targets(self, z: Tensor, generator: torch.Generator | None) -> Tensor:
         r"""One target per case drawn from :math:`r(\cdot \mid z_n)`, in the loss's target format."""
@@ -128,8 +219,48 @@ class GaussianMSE(PredictiveDistribution):
 class Bernoulli(PredictiveDistribution):
     r"""``nn.BCEWithLogitsLoss``: independent Bernoulli outputs :math:`p = \sigma(z)`.
 
-    :math:`F_R = \operatorname{diag}(p(1-p))`.
+    :math:`F_R = \operatorname{diag}(p(1-p))`; with ``weight`` :math:`w` and ``pos_weight``
+    :math:`p_w` the loss's Hessian is :math:`\operatorname{diag}(v\,p(1-p))`,
+    :math:`v = w\,(1 + (p_w - 1)y)` (:meth:`element_weights`).
+
+    Args:
+        reduction: ``"mean"`` or ``"sum"``.
+        weight: the loss's ``weight`` (broadcast against the outputs), or ``None``.
+        pos_weight: the loss's ``pos_weight``, or ``None``.
+
     """
+
+    def __init__(self, reduction: str, weight: Tensor | None = None,
+                 pos_weight: Tensor | None = None):
+        super().__init__(reduction)
+        self.weight, self.pos_weight = weight, pos_weight
+
+    def check_output(self, z: Tensor) -> None:
+        """Raise ``ValueError`` for a ``weight`` or ``pos_weight`` that varies over the cases."""
+        for name in ("weight", "pos_weight"):
+            w = getattr(self, name)
+            if w is not None and w.ndim >= z.ndim and w.shape[w.ndim - z.ndim] != 1:
+                raise ValueError(
+                    f"loss_fn.{name}: expected weights broadcast over the cases (shape "
+                    f"{tuple(z.shape[1:])} or broadcastable to it), got shape {tuple(w.shape)}, "
+                    f"which weighs cases by their position in one batch of {z.shape[0]}; K-FAC "
+                    f"evaluates the loss on sub-batches"
+                )
+
+    def check_fisher(self, fisher: str) -> None:
+        """Refuse ``fisher="empirical"`` with a ``weight`` or ``pos_weight``."""
+        _refuse_empirical(self, fisher, ("weight", "pos_weight"))
+
+    def element_weights(self, targets: Tensor) -> Tensor | None:
+        """``w (1 + (p_w − 1) y)`` broadcast to the targets ``(n, …)``, flattened to ``(n, D)``."""
+        if self.weight is None and self.pos_weight is None:
+            return None
+        v = torch.ones_like(targets)
+        if self.weight is not None:
+            v = v * self.weight
+        if self.pos_weight is not None:
+            v = v * (1 + (self.pos_weight - 1) * targets)
+        return v.reshape(targets.shape[0], -1)
 
     def output_grad(self, z: Tensor, y: Tensor) -> Tensor:
         """``σ(z) − y``; ``y`` of shape ``(n, D)`` with entries in [0, 1]."""
@@ -163,11 +294,69 @@ class Categorical(PredictiveDistribution):
     :math:`F_R = \operatorname{diag}(p) - pp^\top`.
 
     Targets are class indices (shape ``(n,)``, integer) or class probabilities (shape
-    ``(n, D)``, rows summing to 1), as ``nn.CrossEntropyLoss`` accepts.
+    ``(n, D)``), as ``nn.CrossEntropyLoss`` accepts.
+
+    Args:
+        reduction: ``"mean"`` or ``"sum"``.
+        weight: the loss's class weights ``(D,)``, or ``None``.
+        ignore_index: the class index whose cases the loss ignores.
+        label_smoothing: the loss's ``label_smoothing`` ε.
+
     """
+
+    def __init__(self, reduction: str, weight: Tensor | None = None, ignore_index: int = -100,
+                 label_smoothing: float = 0.0):
+        super().__init__(reduction)
+        self.weight, self.ignore_index, self.label_smoothing = weight, ignore_index, label_smoothing
 
     def _elements_per_case(self, n_outputs: int) -> int:
         return 1
+
+    def check_output(self, z: Tensor) -> None:
+        """Raise ``ValueError`` unless ``z`` is ``(n, C)``.
+
+        ``nn.CrossEntropyLoss`` on ``(n, C, d₁, …)`` outputs has a categorical distribution
+        per position (and a mean over positions); flattened to ``(n, C·d₁…)`` it would be a
+        single one over all of them.
+        """
+        if z.ndim != 2:
+            raise ValueError(
+                f"loss_fn: nn.CrossEntropyLoss on model outputs of shape {tuple(z.shape)} (a "
+                f"class dimension and positions) is not supported, expected outputs (n, C); "
+                f"move the positions into the batch dimension"
+            )
+
+    def check_fisher(self, fisher: str) -> None:
+        """Refuse ``fisher="empirical"`` with class weights."""
+        _refuse_empirical(self, fisher, ("weight",))
+
+    def case_weights(self, targets: Tensor, dtype: torch.dtype) -> CaseWeights:
+        r"""Per-case weights :math:`c_n = (1-\varepsilon)d_n + \varepsilon\bar W`, :math:`d_n = W_{y_n}`.
+
+        For class targets, with :math:`\bar W = \tfrac1C\sum_c W_c` (:math:`W = 1` without
+        class weights) and :math:`c_n = d_n = 0` for an ignored case.
+
+        For probability targets :math:`q`, :math:`c_n = \sum_c W_c q'_c` with the smoothed
+        :math:`q' = (1-\varepsilon)q + \varepsilon/C` and :math:`d_n = 1` (``"mean"`` divides
+        by the number of cases).
+        """
+        W, eps = self.weight, self.label_smoothing
+        if targets.dtype.is_floating_point:
+            q = targets if eps == 0.0 else (1 - eps) * targets + eps / targets.shape[1]
+            c = (q * W).sum(1) if W is not None else q.sum(1)
+            return CaseWeights(c, torch.ones_like(c))
+        valid = targets != self.ignore_index
+        if W is None:
+            d = valid.to(dtype)
+            return CaseWeights(d, d)
+        d = torch.where(valid, W[self._classes(targets)], 0.0)
+        if eps == 0.0:
+            return CaseWeights(d, d)
+        return CaseWeights(torch.where(valid, (1 - eps) * d + eps / W.shape[0] * W.sum(), 0.0), d)
+
+    def _classes(self, y: Tensor) -> Tensor:
+        """Class indices with the ignored ones replaced by 0 (their cases weigh 0)."""
+        return torch.where(y == self.ignore_index, 0, y)
 
     def output_grad(self, z: Tensor, y: Tensor) -> Tensor:
         """``softmax(z) − onehot(y)`` (or ``− y`` for probability targets)."""
@@ -175,7 +364,16 @@ class Categorical(PredictiveDistribution):
         if y.dtype.is_floating_point:
             return p - y
         # scatter rather than one_hot, whose range check costs a host sync
-        return p.scatter_add(1, y[:, None], torch.full_like(p[:, :1], -1.0))
+        return p.scatter_add(1, self._classes(y)[:, None], torch.full_like(p[:, :1], -1.0))
+
+    def data_grad(self, z: Tensor, y: Tensor) -> Tensor:
+        """``softmax(z) − q`` with the smoothed targets ``q = (1 − ε) onehot(y) + ε/C``."""
+        grad = self.output_grad(z, y)
+        eps = self.label_smoothing
+        if eps == 0.0:
+            return grad
+        p = torch.softmax(z, dim=1)
+        return (1 - eps) * grad + eps * (p - 1 / z.shape[1])
 
     def sample_targets(self, z: Tensor, generator: torch.Generator | None) -> Tensor:
         """Class indices drawn from ``softmax(z)``, shape ``(n,)``, by the Gumbel-max trick.
@@ -200,11 +398,23 @@ class Categorical(PredictiveDistribution):
         return torch.einsum("knd,lnd->kl", weighted, Jt) - mean @ mean.T
 
 
-_DISTRIBUTIONS: dict[type, Callable[[str], PredictiveDistribution]] = {
-    nn.MSELoss: GaussianMSE,
-    nn.BCEWithLogitsLoss: Bernoulli,
-    nn.CrossEntropyLoss: Categorical,
+def _refuse_empirical(dist: PredictiveDistribution, fisher: str, options: tuple[str, ...]) -> None:
+    for option in options:
+        if fisher == "empirical" and getattr(dist, option) is not None:
+            raise ValueError(
+                f"fisher='empirical' with loss_fn.{option}: a weighted loss has no unique per-case "
+                f"gradient whose outer products are its empirical Fisher; use fisher='mc' or "
+                f"'exact' (the weighted loss's Gauss-Newton matrix)"
+            )
+
+
+_DISTRIBUTIONS: dict[type, Callable[[nn.Module], PredictiveDistribution]] = {
+    nn.MSELoss: lambda loss: GaussianMSE(loss.reduction),
+    nn.BCEWithLogitsLoss: lambda loss: Bernoulli(loss.reduction, loss.weight, loss.pos_weight),
+    nn.CrossEntropyLoss: lambda loss: Categorical(loss.reduction, loss.weight, loss.ignore_index,
+                                                  loss.label_smoothing),
 }
+_MODULES = "nn.MSELoss(), nn.BCEWithLogitsLoss() or nn.CrossEntropyLoss()"
 
 
 def predictive_distribution(loss_fn: nn.Module) -> PredictiveDistribution:
@@ -212,26 +422,28 @@ def predictive_distribution(loss_fn: nn.Module) -> PredictiveDistribution:
 
     Args:
         loss_fn: an instance of ``nn.MSELoss``, ``nn.BCEWithLogitsLoss`` or ``nn.CrossEntropyLoss``
-            with ``reduction`` ``"mean"`` or ``"sum"`` and no per-class or per-element weights.
+            (or of a subclass that keeps its ``forward``) with ``reduction`` ``"mean"`` or
+            ``"sum"``; every other option is honoured (see the module docstring).
 
     Raises:
-        TypeError: ``loss_fn`` is not one of the supported loss modules.
-        ValueError: an unsupported reduction or an option that changes the distribution
-            (``weight``, ``pos_weight``, ``label_smoothing``).
+        TypeError: ``loss_fn`` is not one of the supported loss modules, or a subclass that
+            overrides ``forward``.
+        ValueError: an unsupported reduction.
 
     """
-    factory = _DISTRIBUTIONS.get(type(loss_fn))
-    if factory is None:
-        names = ", ".join(f"nn.{cls.__name__}" for cls in _DISTRIBUTIONS)
-        raise TypeError(f"loss_fn: expected an instance of {names}; got {type(loss_fn).__name__}")
-    for option in ("weight", "pos_weight"):
-        if getattr(loss_fn, option, None) is not None:
-            raise ValueError(
-                f"loss_fn.{option}: expected None (weighted losses have no K-FAC predictive "
-                f"distribution here), got a tensor"
-            )
-    if getattr(loss_fn, "label_smoothing", 0.0) != 0.0:
-        raise ValueError(
-            f"loss_fn.label_smoothing: expected 0.0, got {loss_fn.label_smoothing}"
+    base = next((cls for cls in type(loss_fn).__mro__ if cls in _DISTRIBUTIONS), None)
+    if base is None:
+        what = (f"the function {getattr(loss_fn, '__name__', loss_fn)!r}" if callable(loss_fn)
+                and not isinstance(loss_fn, nn.Module) else type(loss_fn).__name__)
+        raise TypeError(
+            f"loss_fn: expected the loss module whose value is the objective, an instance of "
+            f"{_MODULES.replace('()', '')}, got {what}; e.g. KFAC(model, nn.CrossEntropyLoss()) "
+            f"for F.cross_entropy, and call that same module in your loop"
         )
-    return factory(loss_fn.reduction)
+    if type(loss_fn).forward is not base.forward:
+        raise TypeError(
+            f"loss_fn: {type(loss_fn).__name__} overrides the forward of nn.{base.__name__}, so "
+            f"its value need not be the negative log-likelihood whose Fisher K-FAC uses; give an "
+            f"nn.{base.__name__} (with its options) or a subclass that keeps its forward"
+        )
+    return _DISTRIBUTIONS[base](loss_fn)

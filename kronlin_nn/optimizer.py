@@ -1,10 +1,14 @@
 r"""``KFAC``: the complete K-FAC optimizer of Martens & Grosse (2015) for torch networks.
 
-One call per iteration, ``stats = opt.step(inputs, targets)``, runs the paper's Algorithm 2
-(arXiv §9; spec ``kfac-algorithm.md`` §6) in this order:
+One call per iteration runs the paper's Algorithm 2 (arXiv §9; spec ``kfac-algorithm.md`` §6),
+in any of three forms that give the same iteration (:mod:`kronlin_nn.steps`):
+``stats = opt.step(inputs, targets)``; the user's own
+``loss = loss_fn(model(x), y); loss.backward(); opt.step()``; or ``opt.step(closure)``. In order:
 
 1. forward pass on the batch :math:`S'`, recording every layer's input and output, and
-   backward pass for :math:`h(\theta)` and :math:`\nabla h`, weight decay included;
+   backward pass for :math:`h(\theta)` and :math:`\nabla h`, weight decay included (run by
+   the user in the second and third forms, recorded by hooks, the gradient read from
+   ``.grad``; several forward and backward passes before a step are one batch);
 2. a forward pass of its own on :math:`S_1` (the first :math:`\lceil\tau_1 m\rceil` cases; this
    costs :math:`\tau_1` of a forward pass and saves a full-batch backward pass) and the extra
    backward pass on it with targets sampled from the model, to the layer outputs only,
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,99 +46,178 @@ from torch.func import functional_call
 
 import kronlin
 
-from .capture import LayerIO, check_chain, forward_recorded, homogeneous, supported_layers
+from .blocks import UNSUPPORTED, CurvatureBlock, KroneckerBlock, check_tridiag_chain, model_blocks
+from .capture import LayerIO, Pass, PassRecorder, Recorder, group_calls, merged_calls, own_passes
 from .curvature import (
     FactorError,
     KFACWarning,
-    blockdiag_inverses,
-    tridiag_blocks,
+    blockdiag_candidates,
+    check_finite,
+    tridiag_candidates,
     tridiag_inverse,
 )
 from .damping import (
+    GAMMA_RULES,
     PI_KINDS,
+    curvature_scale,
+    damping_grid,
     gamma_candidates,
     gamma_decay,
-    initial_damping,
-    levenberg_marquardt,
     lm_decay,
+    lm_rest_point,
+    lm_update,
     pi_scales,
 )
 from .factors import (
     check_fisher,
     cross_factors,
     flat_targets,
-    gradient_factors,
-    input_factors,
     output_gradients,
     output_vectors,
 )
 from .layout import ParameterLayout
 from .losses import predictive_distribution
-from .quadratic import cached_output_jvps, model_change, reduction_ratio, solve_coefficients
+from .quadratic import (
+    cached_output_jvps,
+    gram_accuracy,
+    model_change,
+    output_jvps,
+    reduction_ratio,
+    solve_coefficients,
+)
 from .statistics import FactorStatistics
+from .steps import (
+    Batch,
+    autocast_as,
+    autocast_state,
+    check_dtypes,
+    check_model,
+    check_param_group,
+    momentum_kind,
+    user_batch,
+)
 
 __all__ = ["KFAC"]
 
 APPROXIMATIONS = ("blockdiag", "tridiag")
-_STATE_VERSION = 1
+UNITS = ("loss", "case")
+_STATE_VERSION = 4
+# The default lower bound of λ in units of ε·λ_top (ε the dtype's machine epsilon): a hundred
+# rounding errors of the quadratic model's entries. At ε·λ_top, full-batch float32 training
+# still took uphill steps near its end (scikit-learn's digits autoencoder).
+LAMBDA_FLOOR = 100.0
+# How far √(λ + η) may drift from the γ of the current inverse before the tied rule refreshes it
+# early: the greedy search's step, |log ω₂| with ω₂ = 0.95^(20/2).
+TIED_DRIFT = -math.log(0.95**10)
 
 
 class KFAC(torch.optim.Optimizer):
     r"""K-FAC (Martens & Grosse 2015) with the paper's full damping and momentum machinery.
 
     Args:
-        model: the network. Its trainable parameters must all belong to ``nn.Linear`` layers
-            (with or without bias), each called once per forward pass on ``(n, d_in)`` inputs;
-            the model must treat cases independently (no BatchNorm in training mode): it is
-            evaluated on sub-batches.
-        loss_fn: ``nn.MSELoss``, ``nn.BCEWithLogitsLoss`` or ``nn.CrossEntropyLoss`` with
-            reduction ``"mean"`` or ``"sum"``; the objective is exactly ``loss_fn(model(x), y)``
-            plus ``weight_decay/2·‖θ‖²``, and the curvature is that objective's Fisher.
+        model: the network (the module itself, not its parameters, uncompiled, with float32
+            or float64 parameters: half precision is for ``torch.autocast``). Every trainable
+            parameter gets a curvature block (:mod:`kronlin_nn.blocks`): ``nn.Linear`` (on
+            ``(n, …, d_in)`` inputs, called once or more per forward pass), ``nn.Conv2d``,
+            ``nn.Embedding``, the affine part of normalization layers, and ``unsupported``'s
+            choice for the rest. The model must treat cases independently (no BatchNorm in
+            training mode): it is evaluated on sub-batches. Hooks on it record the user's own
+            forward passes (:class:`~kronlin_nn.capture.PassRecorder`).
+        loss_fn: ``nn.MSELoss``, ``nn.BCEWithLogitsLoss`` or ``nn.CrossEntropyLoss`` (or a
+            subclass keeping their ``forward``) with reduction ``"mean"`` or ``"sum"``, every
+            other option honoured (:mod:`kronlin_nn.losses`); the objective is exactly
+            ``loss_fn(model(x), y)`` plus ``weight_decay/2·‖θ‖²``, and the curvature is that
+            objective's Fisher (its Gauss–Newton matrix).
         approx: ``"blockdiag"`` (:math:`\breve F`, paper §4.2; the paper's recommendation) or
-            ``"tridiag"`` (:math:`\hat F`, §4.3; the layers must form a chain in forward order).
+            ``"tridiag"`` (:math:`\hat F`, §4.3; the ``nn.Linear``/``nn.Conv2d`` layers must
+            form a chain in forward order, each called once; the other blocks sit on its
+            block diagonal).
         fisher: statistics from targets sampled from the model (``"mc"``, the paper), the
             data's targets (``"empirical"``) or the exact expectation (``"exact"``, one backward
             pass per output).
-        lr: ``None``: α from the quadratic model (arXiv §6.4); a float: fixed α.
+        lr: ``None`` (default): the quadratic model chooses α (arXiv §6.4), and μ with it when
+            ``momentum=True`` (§7), and ``param_groups[0]["lr"]`` (1.0) multiplies what it
+            chose (a fixed μ is applied as given), so that a learning-rate scheduler scales
+            K-FAC's own step; a float: a fixed α = ``param_groups[0]["lr"]`` (this value at
+            first), scheduled like SGD's learning rate.
         momentum: ``True``: μ from the quadratic model (arXiv §7); ``False``: none; a float:
-            fixed μ.
-        damping: the initial λ. ``None`` (default) calibrates it on the first batch as the
-            largest eigenvalue of the block-diagonal K-FAC curvature
-            (:func:`~kronlin_nn.damping.initial_damping`): scale-aware, errs on the large side
-            as the paper advises, and works for autoencoders and classifiers alike. γ starts
-            at :math:`\sqrt{\lambda_0 + \eta}`.
-        adapt_damping: adapt λ by the LM rule every ``damping_every`` steps and γ by the greedy
-            search every ``gamma_every`` steps; ``False`` keeps λ and γ fixed.
-        weight_decay: η, in :math:`h` and its gradient, for all parameters (biases included).
+            fixed μ (``param_groups[0]["momentum"]``, which schedulers may change; replacing
+            ``True`` or ``False`` by a float, as ``OneCycleLR`` does, is refused).
+        damping: the initial λ. ``None`` (default) searches the first batch for it: one
+            candidate per decade below the largest curvature eigenvalue, λ₀ being where the
+            Levenberg–Marquardt rule would be at rest (:meth:`_search_damping`). γ starts at
+            :math:`\sqrt{\lambda_0 + \eta}`.
+        adapt_damping: adapt λ by the LM rule every ``damping_every`` steps and γ by
+            ``gamma_rule``; ``False`` keeps λ and γ fixed.
+        gamma_rule: ``"tied"`` (default): γ = √(λ + η) at every inverse refresh, as
+            tensorflow/kfac and kfac-jax, and an early refresh whenever √(λ + η) has moved a
+            factor :math:`1/\omega_2` from the current inverse's γ; ``"greedy"``: the paper's search over
+            :math:`\{\omega_2\gamma, \gamma, \gamma/\omega_2\}` every ``gamma_every`` steps
+            (arXiv §6.6). Both measured on the configuration page of the docs.
+        weight_decay: η, in :math:`h` and its gradient, for all parameters (biases included);
+            0 by default, as in ``torch.optim``.
+        units: the units of ``damping``, ``weight_decay``, ``damping_bounds`` and
+            ``gamma_bounds``: ``"loss"`` (default) those of ``loss_fn``'s value, as
+            ``torch.optim``'s weight decay; ``"case"`` those of the paper's objective, each
+            case's loss summed over its outputs and averaged over cases, converted at every
+            step by :math:`\kappa = sN` (``loss_fn`` computes :math:`s\sum_n\ell_n`). The
+            paper's λ₀ = 150 and η = 1e-5 are in ``"case"`` units (:data:`~kronlin_nn.PAPER`).
         ema_max: :math:`\epsilon_{\max}` of the statistics' moving average.
         inverse_every: :math:`T_3`; inverses are also refreshed on steps 1–3.
         damping_every: :math:`T_1`; :math:`\omega_1 = 0.95^{T_1}`.
+        reject_uphill: on a ρ step, an update that increases :math:`h` on the batch is not
+            applied (θ stays, δ₀ is dropped, λ grows by the LM rule, ``accepted`` is ``False``);
+            the paper applies every update. Late in float32 training the gradient approaches rounding
+            noise and the quadratic model can propose a step that undoes the run.
+        lm_streak: the LM rule's factor compounds over consecutive moves of λ in one direction,
+            :math:`\omega_1^{\min(c,\ \text{lm\_streak})}` for the ``c``-th in a row
+            (:func:`~kronlin_nn.damping.lm_update`); 1 is the paper's constant factor.
         gamma_every: :math:`T_2`, a multiple of ``inverse_every``; :math:`\omega_2 = 0.95^{T_2/2}`.
         stats_fraction: :math:`\tau_1`, the fraction of each batch for the factor statistics.
-        quad_fraction: :math:`\tau_2`, the fraction for the quadratic model (default 1, as in
-            the authors' code; the paper's text says 1/4 and warns about smaller values).
+        quad_fraction: :math:`\tau_2`, the fraction of each batch for the quadratic model's
+            exact-Fisher products (default 1/4, the paper's text; the authors' code has 1).
+        quad_min_cases: the quadratic model uses at least this many cases (or the whole batch):
+            :math:`|S_2| = \min(m, \max(\lceil\tau_2 m\rceil, \text{quad\_min\_cases}))`. Below
+            a few hundred cases, α and μ from a sub-batch are too noisy (the paper's warning,
+            measured on the configuration page of the docs).
         pi: ``"trace"``, ``"frobenius"`` or ``"one"`` (:func:`~kronlin_nn.damping.pi_scales`).
         seed: seed of the optimizer's own ``torch.Generator`` for the sampled targets;
             ``None`` draws one from torch's global generator.
         gamma_bounds: ``(γ_min, γ_max)``; default :math:`(\sqrt\eta, \infty)`. The authors' code
             caps γ at 1, which fights :math:`\gamma_0 = 12.2` and depends on the loss scale.
-        damping_bounds: ``(λ_min, λ_max)``; default ``(0, ∞)`` as in the authors' code.
+        damping_bounds: ``(λ_min, λ_max)``; default ``None``: :math:`(100\,\epsilon\lambda_{\text{top}},
+            \infty)` with :math:`\lambda_{\text{top}}` the largest curvature eigenvalue of the
+            first batch and ε the parameters' machine epsilon: near ε·λ_top the damping is
+            under what the quadratic model resolves in that precision, and late float32
+            training turns unstable; the authors' code has ``(0, ∞)``.
         rho_includes_damping: whether :math:`M` in :math:`\rho` includes the λ term (the paper;
             tensorflow/kfac and kfac-jax exclude it).
+        unsupported: what trainable parameters without a registered block get:
+            ``"diagonal"`` (a diagonal-Fisher block), ``"first_order"`` (the damping alone,
+            :math:`\gamma^2 I`: a gradient step sized by the quadratic model) or ``"error"``
+            (:func:`~kronlin_nn.blocks.model_blocks`).
 
-    The returned diagnostics of :meth:`step` are a dict with ``"loss"`` (:math:`h(\theta)` before
-    the step, weight decay included), ``"lambda"`` and ``"gamma"`` (the values this step used),
-    ``"alpha"``, ``"mu"``, ``"rho"`` (NaN when not computed), ``"refreshed"`` and ``"accepted"``.
+    The diagnostics of a step (returned by :meth:`step` in its first two forms, and kept in
+    :attr:`last_step`) are a dict with ``"loss"`` (:math:`h(\theta)` before the step, weight
+    decay included), ``"lambda"`` and ``"gamma"`` (the values this step used), ``"alpha"``,
+    ``"mu"`` (the coefficients applied), ``"rho"`` (NaN when not computed), ``"refreshed"``
+    and ``"accepted"``.
+
+    One parameter group holds every trainable parameter (:meth:`add_param_group` is refused).
+    The optimizer supports ``torch.amp.GradScaler`` (``scaler.step(opt)``): it divides the
+    gradients by the scale itself and skips a step whose scaled gradients overflowed.
 
     Raises:
         ValueError, TypeError: invalid configuration, model or loss (naming the argument).
 
     """
 
+    _step_supports_amp_scaling = True  # GradScaler.step leaves unscaling and skipping to step()
+
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: nn.Module,
+        loss_fn: nn.Module | None = None,
         *,
         approx: str = "blockdiag",
         fisher: str = "mc",
@@ -142,41 +225,66 @@ class KFAC(torch.optim.Optimizer):
         momentum: bool | float = True,
         damping: float | None = None,
         adapt_damping: bool = True,
-        weight_decay: float = 1e-5,
+        gamma_rule: str = "tied",
+        weight_decay: float = 0.0,
+        units: str = "loss",
         ema_max: float = 0.95,
         inverse_every: int = 20,
         damping_every: int = 5,
+        lm_streak: int = 3,
+        reject_uphill: bool = True,
         gamma_every: int = 20,
         stats_fraction: float = 1 / 8,
-        quad_fraction: float = 1.0,
+        quad_fraction: float = 0.25,
+        quad_min_cases: int = 256,
         pi: str = "trace",
         seed: int | None = None,
         gamma_bounds: tuple[float, float] | None = None,
-        damping_bounds: tuple[float, float] = (0.0, math.inf),
+        damping_bounds: tuple[float, float] | None = None,
         rho_includes_damping: bool = True,
+        unsupported: str = "diagonal",
     ):
         _validate(approx=approx, fisher=fisher, lr=lr, momentum=momentum, damping=damping,
-                  weight_decay=weight_decay, inverse_every=inverse_every,
-                  damping_every=damping_every, gamma_every=gamma_every,
-                  stats_fraction=stats_fraction, quad_fraction=quad_fraction, pi=pi,
-                  damping_bounds=damping_bounds, gamma_bounds=gamma_bounds)
-        layers = supported_layers(model)
-        super().__init__([p for m in layers for p in m.parameters()],
-                         {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
-        self.model, self.loss_fn = model, loss_fn
+                  gamma_rule=gamma_rule, units=units, weight_decay=weight_decay,
+                  inverse_every=inverse_every, damping_every=damping_every, lm_streak=lm_streak,
+                  gamma_every=gamma_every,
+                  stats_fraction=stats_fraction, quad_fraction=quad_fraction,
+                  quad_min_cases=quad_min_cases, pi=pi,
+                  damping_bounds=damping_bounds, gamma_bounds=gamma_bounds,
+                  unsupported=unsupported)
+        check_model(model)
+        if loss_fn is None:
+            raise TypeError(
+                "loss_fn: KFAC(model, loss_fn) needs the loss module whose value is the objective, "
+                "e.g. nn.CrossEntropyLoss(), nn.MSELoss() or nn.BCEWithLogitsLoss(), and your loop "
+                "calls that same module; got none"
+            )
         self._dist = predictive_distribution(loss_fn)
+        self._dist.check_fisher(fisher)
+        blocks = model_blocks(model, unsupported)
+        check_dtypes(blocks)
+        super().__init__([p for b in blocks for p in b.params if p is not None],
+                         {"lr": 1.0 if lr is None else lr, "momentum": momentum,
+                          "weight_decay": weight_decay})
+        self.model, self.loss_fn = model, loss_fn
+        self._fixed_lr, self._momentum_kind = lr is not None, momentum_kind(momentum)
         self.approx, self.fisher, self.pi = approx, fisher, pi
+        self.gamma_rule, self.units = gamma_rule, units
         self.adapt_damping, self.rho_includes_damping = adapt_damping, rho_includes_damping
+        self.lm_streak, self._lm_streak = lm_streak, 0
+        self.reject_uphill = reject_uphill
         self.inverse_every, self.damping_every, self.gamma_every = (
             inverse_every, damping_every, gamma_every)
         self.stats_fraction, self.quad_fraction = stats_fraction, quad_fraction
-        self.damping_bounds = damping_bounds
-        self.gamma_bounds = (
-            (math.sqrt(weight_decay), math.inf) if gamma_bounds is None else gamma_bounds)
-        self._layers = layers
-        self._registration = {id(m): i for i, m in enumerate(layers)}
+        self.quad_min_cases = quad_min_cases
+        self.gamma_bounds = gamma_bounds
+        self._damping_bounds = damping_bounds  # None until the first batch sets the default
+        if approx == "tridiag" and not any(b.chainable for b in blocks):
+            raise ValueError("approx='tridiag': expected nn.Linear or nn.Conv2d layers to chain, "
+                             "the model has none")
+        self._registration = {id(b): i for i, b in enumerate(blocks)}
         self._ordered = False
-        self._layout = ParameterLayout(layers)
+        self._arrange(blocks)
         self._names = {id(p): n for n, p in model.named_parameters()}
         self._stats = FactorStatistics(ema_max)
         self._lambda = damping
@@ -188,6 +296,12 @@ class KFAC(torch.optim.Optimizer):
         self._rejected = 0
         self._seed = int(torch.randint(0, 2**62, ())) if seed is None else int(seed)
         self._generator: torch.Generator | None = None
+        self._passes = PassRecorder(model, [b.module if b.recorded else None for b in blocks],
+                                    loss_fn, self._layout.trainable()[0])
+        self._pass_autocast: tuple[str, torch.dtype] | None = None
+        self.last_step: dict[str, Any] | None = None
+        """The diagnostics of the last step (``None`` before the first)."""
+        self._constructed = True
 
     # -- public API -------------------------------------------------------------------------
     @property
@@ -195,64 +309,199 @@ class KFAC(torch.optim.Optimizer):
         """The number of iterations done, ``k`` (steps rejected for non-finite values excluded)."""
         return self._k
 
-    def step(self, inputs: Tensor, targets: Tensor) -> dict[str, Any]:  # type: ignore[override]
-        """One K-FAC iteration on the batch ``(inputs, targets)``; see the module docstring.
+    def step(self, *args: Tensor | Callable[[], Any],  # type: ignore[override]
+             closure: Callable[[], Any] | None = None) -> Any:
+        """One K-FAC iteration, in one of three forms that give the same iteration.
+
+        - ``opt.step(inputs, targets)``: K-FAC runs the forward and backward passes itself
+          (``.grad`` is set to the loss's gradient);
+        - ``opt.step()``, after ``loss = loss_fn(model(x), y); loss.backward()`` with the very
+          ``model`` and ``loss_fn`` given to ``KFAC`` (hooks record the forward pass; the
+          gradient is ``.grad``; several forward and backward passes since the last step are
+          micro-batches of one batch, each loss weighted by its share of the union batch's);
+        - ``opt.step(closure)``: ``closure()`` zeroes the gradients, runs those passes and
+          returns the loss, as for ``torch.optim.LBFGS``.
+
+        See :mod:`kronlin_nn.steps`, and the module docstring for the iteration.
 
         Args:
-            inputs: ``m`` cases, the first dimension being the batch.
-            targets: their targets, as ``loss_fn`` takes them.
+            *args: ``(inputs, targets)``: ``m`` cases, the first dimension being the batch,
+                and their targets as ``loss_fn`` takes them; or ``(closure,)``; or nothing.
+            closure: the closure, as a keyword.
 
         Returns:
-            The diagnostics dict described in the class docstring.
+            The diagnostics dict described in the class docstring (also :attr:`last_step`);
+            with a closure, what the closure returned.
+
+        Raises:
+            ValueError: no recorded forward and backward pass for ``opt.step()``, a
+                configuration changed in the param group that K-FAC cannot honour, or
+                gradients that are not the recorded loss's.
 
         """
-        group = self.param_groups[0]
-        lr, momentum, eta = group["lr"], group["momentum"], group["weight_decay"]
-        m = inputs.shape[0]
-        n1 = min(m, max(1, math.ceil(self.stats_fraction * m)))
-        n2 = min(m, max(1, math.ceil(self.quad_fraction * m)))
+        if closure is None and len(args) == 1 and callable(args[0]):
+            closure, args = args[0], ()
+        if args and (closure is not None or len(args) != 2):
+            raise TypeError("step: expected step(inputs, targets), step(closure) or step(), got "
+                            f"{len(args)} positional argument(s)"
+                            + (" and a closure" if closure is not None else ""))
+        check_param_group(self.param_groups[0], self._momentum_kind)
+        check_model(self.model)  # e.g. model.compile() after construction
+        device = self._layout.trainable()[0].device.type
+        ambient = autocast_state(device)
+        returned = None
+        if closure is not None:
+            with torch.enable_grad():
+                returned = closure()
+        try:  # whatever happens, the recorded passes are consumed
+            self.last_step = self._step_on(args, ambient)
+        finally:
+            self._passes.clear()
+        return returned if closure is not None else self.last_step
+
+    def _step_on(self, args: tuple, ambient: tuple[str, torch.dtype] | None) -> dict[str, Any]:
+        """The iteration on the batch of form (a) (``args``) or of the recorded passes."""
+        device = self._layout.trainable()[0].device.type
+        if args:
+            with own_passes():
+                data = self._own_batch(*args, ambient)
+        else:
+            found_inf = getattr(self, "found_inf", None)  # set by GradScaler.step
+            if found_inf is not None and float(found_inf) > 0:
+                return self._skipped()
+            grad_scale = getattr(self, "grad_scale", None)
+            data = user_batch(self._passes, self._dist, self._layout.trainable(), grad_scale,
+                              unscaled=found_inf is not None and grad_scale is None)
+        with own_passes(), autocast_as(None, device):  # K-FAC's passes in the parameters' dtype
+            return self._iterate(data)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients, and forget the forward passes whose gradients they were.
+
+        As ``torch.optim.Optimizer.zero_grad``; the recorded passes not yet backpropagated stay.
+        """
+        super().zero_grad(set_to_none)
+        self._passes.discard_backpropagated()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Refused after construction: every trainable parameter of the model is in the group.
+
+        Raises:
+            ValueError: always, once the optimizer is constructed.
+
+        """
+        if getattr(self, "_constructed", False):
+            raise ValueError(
+                "add_param_group: KFAC has one parameter group holding every trainable parameter "
+                "of its model (each gets a curvature block) and no per-group hyperparameters; "
+                "for parameters of another module, give KFAC a model containing it, or use "
+                "another optimizer for them"
+            )
+        super().add_param_group(param_group)
+
+    # -- the three step forms ------------------------------------------------------------------
+    def _own_batch(self, inputs: Tensor, targets: Tensor,
+                   autocast: tuple[str, torch.dtype] | None) -> Batch:
+        """Form (a): the forward and backward passes on ``(inputs, targets)``, run here."""
+        if self._passes.backpropagated():
+            raise ValueError(
+                "opt.step(inputs, targets) runs its own forward and backward passes, but a "
+                "forward pass of yours was backpropagated since the last step: call opt.step() "
+                "to take that one, or opt.zero_grad() to discard it"
+            )
+        n1 = self._sizes(inputs.shape[0])[0]
         z, calls = self._forward(inputs)
+        # without autocast, S₁ = S' can reuse this pass's graph for the extra backward
+        graph = autocast is None and n1 == inputs.shape[0]
+        loss, grads = self._gradient(z, targets, retain_graph=graph)
+        return Batch(inputs, targets, z, loss, grads, calls=calls, graph=autocast is None,
+                     autocast=autocast)
+
+    def _skipped(self) -> dict[str, Any]:
+        """The diagnostics of a step a ``GradScaler`` skipped (its scaled gradients overflowed)."""
+        return {"loss": math.nan, "lambda": self._lambda, "gamma": self._gamma, "alpha": math.nan,
+                "mu": math.nan, "rho": math.nan, "refreshed": False, "accepted": False}
+
+    def _sizes(self, m: int) -> tuple[int, int]:
+        """``(n₁, n₂)``: the sizes of :math:`S_1` (statistics) and :math:`S_2` (quadratic model)."""
+        n1 = min(m, max(1, math.ceil(self.stats_fraction * m)))
+        n2 = min(m, max(math.ceil(self.quad_fraction * m), self.quad_min_cases))
+        return n1, n2
+
+    def _iterate(self, data: Batch) -> dict[str, Any]:
+        """The iteration on a batch, whichever form of :meth:`step` gathered it."""
+        group = self.param_groups[0]
+        lr, momentum = group["lr"], group["momentum"]
+        inputs, targets, z = data.inputs, data.targets, data.z
+        self._pass_autocast = data.autocast
+        m = inputs.shape[0]
+        n1, n2 = self._sizes(m)
+        kappa = self._dist.scale(m, z[:1].numel()) * m
+        unit = kappa if self.units == "case" else 1.0  # loss units per unit of λ and η
+        eta = group["weight_decay"] * unit
         # S₁ gets a forward pass of its own, so the extra backward costs τ₁ of a full one
-        z1, calls1 = (z, calls) if n1 == m else self._forward(inputs[:n1])
-        h, theta, grad_h = self._gradient(z, targets, eta, retain_graph=n1 == m)
-        g = self._extra_backward(z1, calls1, targets[:n1], n1)
-        batch = self._factor_estimates(calls1, g, n1)
+        z1, calls1 = (z, data.calls) if n1 == m and data.graph else self._forward(inputs[:n1])
+        calls = self._batch_calls(data, n2)
+        h, theta, grad_h = self._pack_gradient(data, eta)
+        w1 = self._dist.weights(targets, n1, theta.dtype)
+        w2 = self._dist.weights(targets, n2, theta.dtype).outputs
+        g = self._extra_backward(z1, calls1, targets[:n1], n1, w1.outputs)
+        batch = self._factor_estimates(calls1, g, n1, w1.inputs)
 
         # one host sync for all the finiteness checks
-        stats_norm = torch.stack(torch._foreach_norm(_flatten(batch), 1)).sum()
-        checks = torch.stack([h, grad_h.sum(), stats_norm])
-        h_value, grad_sum, stats_sum = checks.tolist()
+        stats_norm = _total_norm([t for ts in batch.values() for t in ts], grad_h)
+        audits = [] if data.audit is None else [data.audit.to(h.dtype)]
+        checks = torch.stack([h, grad_h.sum(), stats_norm, *audits])
+        h_value, grad_sum, stats_sum, *audit = checks.tolist()
+        if audit:
+            data.verify(audit[0])
         if not (math.isfinite(h_value) and math.isfinite(grad_sum)):
             return self._reject(h_value)
         self._k += 1
         k = self._k
-        kappa = self._dist.scale(m, z[:1].numel()) * m
         if math.isfinite(stats_sum):
-            self._stats.update(*batch)
+            self._stats.update(**batch)
         else:
             warnings.warn(f"step {k}: non-finite curvature statistics; batch skipped", KFACWarning,
-                          stacklevel=2)
+                          stacklevel=3)
+        if self._damping_bounds is None or self._lambda is None:
+            top = curvature_scale(*self._kronecker_pairs(batch, kappa))  # in the loss's units
+        if self._damping_bounds is None:
+            self._damping_bounds = (LAMBDA_FLOOR * torch.finfo(grad_h.dtype).eps * top / unit,
+                                    math.inf)
         if self._lambda is None:
-            self._lambda = initial_damping(batch[0], [kappa * g for g in batch[1]])
-            self._gamma = math.sqrt(self._lambda + eta)
+            self._lambda = self._search_damping(top, unit, batch, kappa, grad_h, theta, calls,
+                                                inputs, targets, z, m, n2, h_value, eta,
+                                                lr if self._fixed_lr else None, w2) / unit
+            self._gamma = math.sqrt(self._lambda + group["weight_decay"])
 
-        candidates = [self._gamma]
-        if self.adapt_damping and k % self.gamma_every == 0:
-            candidates = gamma_candidates(self._gamma, gamma_decay(self.gamma_every),
-                                          self.gamma_bounds)
         refreshed = k % self.inverse_every == 0 or k <= 3 or self._inverse is None
-        ops, candidates, blocks = self._operators(candidates, kappa, refreshed)
+        tied = _clamp(math.sqrt(self._lambda + group["weight_decay"]),
+                      self._gamma_bounds(group["weight_decay"]))
+        if self.adapt_damping and self.gamma_rule == "tied":
+            # λ moved a γ-search step (ω₂) away from the inverse's γ: refresh now, not at T₃
+            refreshed = refreshed or abs(math.log(tied / self._gamma)) > TIED_DRIFT
+        candidates = [self._gamma]
+        if self.adapt_damping and self.gamma_rule == "tied" and refreshed:
+            candidates = [tied]
+        elif self.adapt_damping and k % self.gamma_every == 0:
+            candidates = gamma_candidates(self._gamma, gamma_decay(self.gamma_every),
+                                          self._gamma_bounds(group["weight_decay"]))
+        ops, candidates, blocks = self._operators(candidates, kappa, refreshed, math.sqrt(unit))
         if ops is None:
             refreshed = False
             ops, candidates = [self._inverse], [self._gamma]
         deltas = self._proposals(ops, grad_h)
 
         lam = self._lambda
-        fixed = (lr, 0.0 if momentum is False else (None if momentum is True else momentum))
+        # lr: the fixed α, or a multiplier of the update the quadratic model chooses
+        fixed = (lr if self._fixed_lr else None,
+                 0.0 if momentum is False else (None if momentum is True else momentum))
         delta0 = self._delta0 if fixed[1] != 0.0 else None
-        if lr is None or momentum is True or self.adapt_damping:
+        if not self._fixed_lr or momentum is True or self.adapt_damping:
             best = self._quadratic_model(deltas, delta0, grad_h, calls, inputs[:n2], z, m,
-                                         lam + eta, eta, fixed)
+                                         lam * unit + eta, eta, fixed,
+                                         1.0 if self._fixed_lr else lr, w2)
         else:  # plain K-FAC steps: no quadratic model needed
             best = (0, fixed[0], fixed[1], math.nan, math.nan)
             if not math.isfinite(float(deltas[0].sum())):
@@ -268,111 +517,221 @@ class KFAC(torch.optim.Optimizer):
         self._gamma = candidates[j]
 
         rho, new_theta = math.nan, None
-        if self.adapt_damping and k % self.damping_every == 0:
+        # ρ every T₁ steps, and on the early refreshes of the tied rule: a new proposal under a
+        # smaller γ is where the 2×2 model overshoots (μ ≈ 2–3 measured), so it is checked first
+        early_refresh = refreshed and not (k % self.inverse_every == 0 or k <= 3)
+        if self.adapt_damping and (k % self.damping_every == 0 or early_refresh):
             new_theta = theta + delta
             h_new = self._objective(inputs, targets, new_theta, eta)
             rho = reduction_ratio(h_new, h_value, predicted_rho)
-            self._lambda = levenberg_marquardt(lam, rho, lm_decay(self.damping_every),
-                                               self.damping_bounds)
+            self._update_lambda(rho)
             if not math.isfinite(h_new):
                 return self._reject(h_value, counted=True, refreshed=refreshed, rho=rho,
                                     raise_lambda=False)
+            if self.reject_uphill and h_new > h_value:  # λ already grew by the LM rule
+                # the next proposal would be rebuilt from the same δ₀: start it afresh
+                self._rejected, self._delta0 = self._rejected + 1, None
+                return {"loss": h_value, "lambda": lam, "gamma": candidates[j],
+                        "alpha": float(alpha), "mu": float(mu), "rho": rho,
+                        "refreshed": refreshed, "accepted": False}
         self._apply(delta, new_theta)
         self._delta0 = delta
         return {"loss": h_value, "lambda": lam, "gamma": candidates[j], "alpha": float(alpha),
                 "mu": float(mu), "rho": rho, "refreshed": refreshed, "accepted": True}
 
+    # -- the blocks ---------------------------------------------------------------------------
+    def _arrange(self, blocks: Sequence[CurvatureBlock]) -> None:
+        """Adopt ``blocks`` as the order of the flat vector, and what follows from it.
+
+        Each block's statistics are at fixed positions of the statistics' groups
+        (``self._slots``); the recorder records the modules of the blocks that need it.
+        """
+        self._blocks = list(blocks)
+        self._layers = [b.module for b in self._blocks]
+        self._layout = ParameterLayout(self._blocks)
+        self._recorder = Recorder([b.module if b.recorded else None for b in self._blocks])
+        # the user's passes are recorded in registration order: their layer → block position
+        self._position = {self._registration[id(b)]: i for i, b in enumerate(self._blocks)}
+        counts: dict[str, int] = {}
+        self._slots = []
+        for b in self._blocks:
+            self._slots.append({name: counts.get(name, 0) for name in b.statistics})
+            for name in b.statistics:
+                counts[name] = counts.get(name, 0) + 1
+        self._groups = ("A", "G", *sorted(set(counts) - {"A", "G"}))
+        self._chain = (sum(1 for b in self._blocks if b.chainable)
+                       if self.approx == "tridiag" else 0)
+        self._cached_tangents = all(b.cached_tangents for b in self._blocks)
+
+    def _kronecker_pairs(self, batch: dict[str, list[Tensor]],
+                         kappa: float) -> tuple[list[Tensor], list[Tensor]]:
+        """Every block's curvature as a Kronecker pair, ``([L…], [R…])`` (for scale estimates)."""
+        pairs = [pair for b, stats in zip(self._blocks, self._block_stats(batch), strict=True)
+                 if (pair := b.kronecker_pair(stats, kappa)) is not None]
+        return [a for a, _ in pairs], [g for _, g in pairs]
+
+    def _block_stats(self, groups: dict[str, list[Tensor]]) -> list[list[Tensor]]:
+        """Per block, its statistics from the named groups (a batch's or the averages)."""
+        return [[groups[name][slot[name]] for name in b.statistics]
+                for b, slot in zip(self._blocks, self._slots, strict=True)]
+
     # -- the steps of an iteration --------------------------------------------------------
     def _forward(self, inputs: Tensor) -> tuple[Tensor, list[LayerIO]]:
-        """``model(inputs)`` with its layer records, in layer order."""
-        z, calls = forward_recorded(self.model, self._layers, inputs)
+        """``model(inputs)`` with its recorded calls, in block order (checked by the blocks)."""
+        z, calls = self._recorder.forward(self.model, inputs)
         if not self._ordered:
             self._adopt_forward_order(calls)
-        return z, self._in_layer_order(calls)
+        calls = self._in_layer_order(calls)
+        self._dist.check_output(z)
+        for block, block_calls in zip(self._blocks, group_calls(calls, len(self._blocks)),
+                                      strict=True):
+            block.check(block_calls)
+        return z, calls
 
     def _adopt_forward_order(self, calls: Sequence[LayerIO]) -> None:
-        """Order the layers as the forward pass calls them (the chain order for ``tridiag``)."""
-        if self.approx == "tridiag":
-            check_chain(calls)
-        order = [c.layer for c in calls]
-        self._layers = [self._layers[i] for i in order]
-        self._layout = ParameterLayout(self._layers)
+        """Order the blocks as the forward pass first calls them.
+
+        For ``tridiag`` the chain blocks (``nn.Linear``, ``nn.Conv2d``) come first, in forward
+        order, then the others: the chain's part of the flat vector is contiguous.
+
+        Raises:
+            ValueError: for ``tridiag``, chain layers that are not a chain, that are called more
+                than once, or whose neighbours have different numbers of locations per case.
+
+        """
+        first: dict[int, int] = {}
         for pos, c in enumerate(calls):
-            c.layer = pos
+            first.setdefault(c.layer, pos)
+        # unrecorded blocks (first-order ones) last, in registration order
+        order = sorted(range(len(self._blocks)), key=lambda i: (i not in first, first.get(i, i)))
+        if self.approx == "tridiag":
+            order = ([i for i in order if self._blocks[i].chainable]
+                     + [i for i in order if not self._blocks[i].chainable])
+            check_tridiag_chain(self._blocks, [c for c in calls if self._blocks[c.layer].chainable])
+        self._arrange([self._blocks[i] for i in order])
+        position = {old: new for new, old in enumerate(order)}
+        for c in calls:
+            c.layer = position[c.layer]
         self._ordered = True
 
     def _in_layer_order(self, calls: list[LayerIO]) -> list[LayerIO]:
+        chain = [c.layer for c in calls if c.layer < self._chain]
+        if chain != sorted(chain):
+            raise ValueError(
+                f"model: the forward order of the chain layers changed to {chain}; "
+                f"approx='tridiag' needs a fixed chain"
+            )
         order = [c.layer for c in calls]
         if order != sorted(order):
-            if self.approx == "tridiag":
-                raise ValueError(
-                    f"model: the forward order of the nn.Linear layers changed to {order}; "
-                    f"approx='tridiag' needs a fixed chain"
-                )
             calls = sorted(calls, key=lambda c: c.layer)
         return calls
 
-    def _gradient(self, z: Tensor, targets: Tensor, eta: float, retain_graph: bool):
-        r"""``(h, θ, ∇h)``: the objective (0-d), the flat parameters and the flat gradient.
+    def _gradient(self, z: Tensor, targets: Tensor, retain_graph: bool) -> tuple[Tensor, list[Tensor]]:
+        """``(loss, grads)``: ``loss_fn(z, targets)`` (0-d, detached) and its gradient.
 
-        :math:`h = \text{loss} + \tfrac\eta2\|\theta\|^2`, :math:`\nabla h = \nabla\text{loss} + \eta\theta`.
+        The gradient is also set as the parameters' ``.grad`` (form (a) of :meth:`step`).
         ``retain_graph`` keeps the graph for the extra backward pass.
         """
         loss = self.loss_fn(z, targets)
-        theta = self._layout.flat_parameters()
-        params = [p for pair in self._layout.parameters() for p in pair if p is not None]
+        params = self._layout.trainable()
         grads = torch.autograd.grad(loss, params, retain_graph=retain_graph)
-        grad_h = self._layout.pack(_pairs(grads, self._layout.has_bias)).add_(theta, alpha=eta)
-        return loss.detach() + 0.5 * eta * (theta @ theta), theta, grad_h
+        for p, grad in zip(params, grads, strict=True):
+            p.grad = grad
+        return loss.detach(), list(grads)
+
+    def _batch_calls(self, data: Batch, n2: int) -> list[LayerIO]:
+        """The layer records of the batch's pass(es), in block order and the parameters' dtype.
+
+        Form (a)'s records as they are (or, from an autocast pass, the first ``n₂`` cases
+        cast); the user's passes' records of the first ``n₂`` cases of their union, checked
+        by the blocks.
+        """
+        dtype = self._layout.trainable()[0].dtype
+        if data.passes is None:
+            if data.autocast is None:
+                return data.calls
+            return merged_calls([Pass(data.inputs, data.calls)], n2, dtype)
+        calls = merged_calls(data.passes, n2, dtype)
+        for c in calls:
+            c.layer = self._position[c.layer]
+        calls = self._in_layer_order(calls)
+        for block, block_calls in zip(self._blocks, group_calls(calls, len(self._blocks)),
+                                      strict=True):
+            block.check(block_calls)
+        return calls
+
+    def _pack_gradient(self, data: Batch, eta: float) -> tuple[Tensor, Tensor, Tensor]:
+        r"""``(h, θ, ∇h)``: the objective (0-d), the flat parameters and the flat gradient.
+
+        :math:`h = \text{loss} + \tfrac\eta2\|\theta\|^2`, :math:`\nabla h = \nabla\text{loss} + \eta\theta`.
+        """
+        theta = self._layout.flat_parameters()
+        grad_h = self._layout.pack(self._layout.regroup(data.grads)).add_(theta, alpha=eta)
+        return data.loss + 0.5 * eta * (theta @ theta), theta, grad_h
 
     def _extra_backward(self, z1: Tensor, calls: Sequence[LayerIO], targets: Tensor,
-                        n1: int) -> list[Tensor]:
-        """The output gradients of the ``S_1`` sub-batch for sampled (or data) targets."""
+                        n1: int, scale: Tensor | None = None) -> list[Tensor]:
+        """The output gradients of the ``S_1`` sub-batch for sampled (or data) targets.
+
+        ``scale``: the loss's weights of the vectors (:attr:`SubBatchWeights.outputs
+        <kronlin_nn.losses.SubBatchWeights>`).
+        """
         z1 = z1.reshape(n1, -1)
         y = flat_targets(targets, n1) if self.fisher == "empirical" else None
-        vectors = output_vectors(self._dist, z1.detach(), y, self.fisher, self._rng(z1.device))
+        vectors = output_vectors(self._dist, z1.detach(), y, self.fisher, self._rng(z1.device),
+                                 scale)
         return output_gradients(z1, [c.output() for c in calls], vectors)
 
-    def _factor_estimates(self, calls: Sequence[LayerIO], g: Sequence[Tensor], n1: int):
-        """The batch's factors from ``S_1``: ``(A, G̃)`` and for ``tridiag`` the cross moments."""
-        a_bar = [homogeneous(c.a, b) for c, b in zip(calls, self._layout.has_bias, strict=True)]
-        A, G = input_factors(a_bar), gradient_factors(g, n1)
+    def _factor_estimates(self, calls: Sequence[LayerIO], g: Sequence[Tensor],
+                          n1: int, weights: Tensor | None = None) -> dict[str, list[Tensor]]:
+        """The batch's statistics from ``S_1``, by group; for ``tridiag`` the cross moments too.
+
+        ``weights``: the loss's per-case weights of the input-side expectations, or ``None``.
+        """
+        batch: dict[str, list[Tensor]] = {name: [] for name in self._groups}
+        grads, chain_rows = iter(g), []
+        for i, (block, block_calls) in enumerate(zip(self._blocks,
+                                                     group_calls(calls, len(self._blocks)),
+                                                     strict=True)):
+            block_grads = [next(grads) for _ in block_calls]
+            if i < self._chain:
+                chain_rows.append(block.rows(block_calls, block_grads, weights))
+                stats = KroneckerBlock.row_statistics(*chain_rows[-1], n1)
+            else:
+                stats = block.batch_statistics(block_calls, block_grads, n1, weights)
+            for name, t in zip(block.statistics, stats, strict=True):
+                batch[name].append(t)
         if self.approx == "tridiag":
-            return (A, G, *cross_factors(a_bar, g, n1))
-        return (A, G)
+            batch["A_cross"], batch["G_cross"] = cross_factors(
+                [a for a, _ in chain_rows], [gr for _, gr in chain_rows], n1)
+        return batch
 
     def _proposals(self, ops: Sequence[kronlin.LinearOperator], grad_h: Tensor) -> list[Tensor]:
         r""":math:`\Delta_\gamma = -\tilde F_\gamma^{-1}\nabla h` for each candidate's operator."""
         return [-(op @ grad_h) for op in ops]
 
-    def _operators(self, candidates: list[float], kappa: float, refresh: bool):
+    def _operators(self, candidates: list[float], kappa: float, refresh: bool,
+                   gamma_scale: float = 1.0):
         """The damped inverse for each candidate γ: ``(ops, kept γ, blocks)``.
 
-        Candidates whose damped factors cannot be factored are dropped; ``ops`` is ``None``
-        if the refresh failed. ``blocks`` holds, for ``tridiag``, each operator's blocks.
+        Candidates whose damped curvature cannot be factored are dropped; ``ops`` is ``None``
+        if the refresh failed. ``blocks`` holds, for ``tridiag``, each operator's chain blocks.
+        ``gamma_scale`` converts γ to the loss's units (√κ for ``units="case"``).
         """
         if not refresh:
             return [self._inverse], [self._gamma], None
-        stats = self._stats
-        G = [kappa * g for g in stats.G]
-        pis = pi_scales(stats.A, G, self.pi)
+        declared = {gamma * gamma_scale: gamma for gamma in candidates}
+        ops, kept, blocks = self._damped_inverses(list(declared), kappa)
+        return ops, None if kept is None else [declared[gamma] for gamma in kept], blocks
+
+    def _damped_inverses(self, candidates: list[float], kappa: float):
+        """:meth:`_operators` for γ in the loss's units."""
+        stats = self._block_stats(self._stats.groups)
         try:
             if self.approx == "blockdiag":
-                return (*blockdiag_inverses(stats.A, G, pis, candidates), None)
-            G_cross = [kappa * g for g in stats.G_cross]
-            ops, kept, blocks, error = [], [], [], None
-            for gamma in candidates:
-                try:
-                    b = tridiag_blocks(stats.A, G, stats.A_cross, G_cross, pis, gamma)
-                    ops.append(tridiag_inverse(*b))
-                except FactorError as err:
-                    error = err
-                    continue
-                kept.append(gamma)
-                blocks.append(b)
-            if not ops:
-                raise error
-            return ops, kept, blocks
+                return (*blockdiag_candidates(self._candidates(self._blocks, stats, candidates,
+                                                               kappa), candidates), None)
+            return self._tridiag_operators(stats, candidates, kappa)
         except FactorError as err:
             if self._inverse is None:
                 raise FactorError(
@@ -380,87 +739,185 @@ class KFAC(torch.optim.Optimizer):
                     f"larger damping"
                 ) from err
             warnings.warn(f"step {self._k}: inverse refresh skipped, keeping the last good "
-                          f"inverses ({err})", KFACWarning, stacklevel=3)
+                          f"inverses ({err})", KFACWarning, stacklevel=5)
             return None, None, None
 
+    def _candidates(self, blocks: Sequence[CurvatureBlock], stats: Sequence[Sequence[Tensor]],
+                    candidates: list[float], kappa: float) -> list:
+        """Each block's damped inverses for all candidates (statistics checked finite first)."""
+        tensors = [t for ts in stats for t in ts]
+        if tensors:
+            check_finite(tensors)
+        p = self._layout.trainable()[0]
+        gammas = torch.tensor(candidates, dtype=p.dtype, device=p.device)
+        return [b.inverses(st, kappa, gammas, self.pi) for b, st in zip(blocks, stats, strict=True)]
+
+    def _tridiag_operators(self, stats: Sequence[Sequence[Tensor]], candidates: list[float],
+                           kappa: float):
+        """``BlockTridiagInverse`` over the chain, the other blocks beside it, per candidate."""
+        c = self._chain
+        A, G = [st[0] for st in stats[:c]], [kappa * st[1] for st in stats[:c]]
+        G_cross = [kappa * g for g in self._stats.G_cross]
+        others = self._candidates(self._blocks[c:], stats[c:], candidates, kappa)
+        return tridiag_candidates(A, G, self._stats.A_cross, G_cross, pi_scales(A, G, self.pi),
+                                  others, candidates)
+
     def _quadratic_model(self, deltas, delta0, grad_h, calls, inputs2, z, m, damping, eta,
-                         fixed):
+                         fixed, scale=1.0, weights=None):
         """Pick the candidate and ``(α, μ)`` minimizing ``M``; ``None`` if non-finite.
 
         Returns ``(index, α, μ, M(δ)−M(0), M_ρ(δ)−M_ρ(0))`` where ``M_ρ`` drops λ unless
-        ``rho_includes_damping``.
+        ``rho_includes_damping``; the chosen coefficients are the minimizer's times ``scale``
+        (the lr multiplier), and the model changes are at them.
+        """
+        models = self._candidate_models(deltas, delta0, grad_h, calls, inputs2, z, m,
+                                        [damping] * len(deltas), eta, fixed, scale, weights)
+        if models is None:
+            return None
+        j = min(range(len(models)), key=lambda i: models[i][2])
+        best = (j, *models[j])
+        if not all(math.isfinite(v) for v in best[1:3]):
+            return None
+        return best
+
+    def _candidate_models(self, deltas, delta0, grad_h, calls, inputs2, z, m, dampings, eta,
+                          fixed, scale=1.0, weights=None):
+        """Per candidate ``Δ_j`` with damping ``λ_j + η``: ``(α, μ, M(δ)−M(0), M_ρ(δ)−M_ρ(0))``.
+
+        All candidates share one batched pass of forward-mode products; ``None`` if the
+        products are not finite. The coefficients the model chooses (those ``fixed`` leaves
+        ``None``) are ``scale`` times the minimizer's.
         """
         vectors = deltas + ([delta0] if delta0 is not None else [])
         K = len(vectors)
         V = torch.stack(vectors)
-        JF = self._fisher_gram(V, calls, inputs2, z, m)
+        JF = self._fisher_gram(V, calls, inputs2, z, m, weights)
         # P = [uᵢᵀuⱼ | uᵢᵀ∇h]: products of V with itself and with ∇h, without stacking them
         P = torch.cat([V @ V.T, (V @ grad_h)[:, None]], dim=1)
         host = torch.cat([JF.reshape(-1), P.reshape(-1)]).double().cpu().numpy()
         JF, P = host[: K * K].reshape(K, K), host[K * K:].reshape(K, K + 1)
         if not np.isfinite(host).all():
             return None
-        rho_damping = damping if self.rho_includes_damping else eta
-        best = None
-        for j in range(len(deltas)):
+        models = []
+        for j, damping in enumerate(dampings):
             idx = [j, K - 1] if delta0 is not None else [j]
             A, A_rho, c = np.zeros((2, 2)), np.zeros((2, 2)), np.zeros(2)
             sub = np.ix_(idx, idx)
             r = len(idx)
+            rho_damping = damping if self.rho_includes_damping else eta
             A[:r, :r] = JF[sub] + damping * P[sub]
             A_rho[:r, :r] = JF[sub] + rho_damping * P[sub]
             c[:r] = P[idx, K]
-            x = solve_coefficients(A, c, (fixed[0], 0.0 if delta0 is None else fixed[1]))
-            change = model_change(A, c, x)
-            if best is None or change < best[3]:
-                best = (j, x[0], x[1], change, model_change(A_rho, c, x))
-        if not all(math.isfinite(v) for v in best[1:3]):
-            return None
-        return best
+            held = (fixed[0], 0.0 if delta0 is None else fixed[1])
+            x = solve_coefficients(A, c, held, gram_accuracy(V.dtype, V.shape[1]))
+            if scale != 1.0:  # the lr multiplier scales what the model chose, not fixed values
+                x = np.where([f is None for f in held], scale * x, x)
+            models.append((x[0], x[1], model_change(A, c, x), model_change(A_rho, c, x)))
+        return models
+
+    def _search_damping(self, top, unit, batch, kappa, grad_h, theta, calls, inputs, targets,
+                        z, m, n2, h_value, eta, lr, weights=None) -> float:
+        r"""λ₀ in the loss's units, by a search on the first batch.
+
+        Each λ of :func:`~kronlin_nn.damping.damping_grid` gets its block-diagonal proposal
+        (γ = √(λ + η)), its α from the quadratic model (one batched forward-mode pass for all
+        of them) and its ρ from :math:`h(\theta + \alpha\Delta)` on the batch; λ₀ is where the
+        Levenberg–Marquardt rule would be at rest. Cost, once: a Cholesky inverse of every
+        damped factor and one forward pass per candidate. ``approx="tridiag"`` searches with
+        the block-diagonal proposals too.
+        """
+        bounds = tuple(unit * b for b in self._damping_bounds)
+        lams = list(dict.fromkeys(_clamp(lam, bounds) for lam in damping_grid(top)))
+        gammas = [math.sqrt(lam + eta) for lam in lams]
+        try:
+            ops, kept = blockdiag_candidates(
+                self._candidates(self._blocks, self._block_stats(batch), gammas, kappa), gammas)
+        except FactorError:
+            return lams[0]
+        lams = [lam for lam, gamma in zip(lams, gammas, strict=True) if gamma in kept]
+        deltas = self._proposals(ops, grad_h)
+        models = self._candidate_models(deltas, None, grad_h, calls, inputs[:n2], z, m,
+                                        [lam + eta for lam in lams], eta, (lr, 0.0),
+                                        weights=weights)
+        if models is None:
+            return lams[0]
+        rhos, decreases = [], []
+        for d, (alpha, _, _, predicted) in zip(deltas, models, strict=True):
+            h_new = (self._objective(inputs, targets, theta + alpha * d, eta)
+                     if math.isfinite(alpha) else math.nan)
+            rhos.append(reduction_ratio(h_new, h_value, predicted))
+            decreases.append(h_value - h_new)
+        return lm_rest_point(lams, rhos, decreases)
 
     def _fisher_gram(self, V: Tensor, calls: Sequence[LayerIO], inputs2: Tensor, z: Tensor,
-                     m: int) -> Tensor:
-        r""":math:`[u_k^\top F u_l]` for the rows ``u_k`` of ``V``, F on the first ``n₂`` cases."""
+                     m: int, weights: Tensor | None = None) -> Tensor:
+        r""":math:`[u_k^\top F u_l]` for the rows ``u_k`` of ``V``, F on the first ``n₂`` cases.
+
+        ``weights``: the loss's weights of the output tangents (:attr:`SubBatchWeights.outputs
+        <kronlin_nn.losses.SubBatchWeights>` of the ``n₂`` cases), or ``None``.
+        """
         n2 = inputs2.shape[0]
-        calls = [c.first_rows(n2) for c in calls]
-        Jt = cached_output_jvps(self.model, self._layers, calls, inputs2,
-                                self._layout.unstack(V))
-        gram = self._dist.fisher_gram(z[:n2].detach().reshape(n2, -1), Jt)
+        if self._cached_tangents:
+            calls = [c.first_rows(n2) for c in calls]
+            Jt = cached_output_jvps(self.model, self._blocks, calls, inputs2,
+                                    self._layout.unstack(V))
+        else:  # a block without a cached tangent forward: torch.func for the whole model
+            Jt = output_jvps(self.model, inputs2, self._layout.named_tensors(V, self._names))
+        if weights is not None:
+            Jt = Jt * weights
+        gram = self._dist.fisher_gram(z[:n2].detach().reshape(n2, -1).to(V.dtype), Jt)
         # F of the objective on S': s Σ_{n∈S'} ≈ s (m/n₂) Σ_{n∈S₂}
         return gram * (self._dist.scale(m, z[:1].numel()) * m / n2)
 
     def _objective(self, inputs: Tensor, targets: Tensor, theta: Tensor, eta: float) -> float:
-        """:math:`h` at the flat parameters ``theta`` on the whole batch (one forward pass)."""
-        with torch.no_grad():
+        """:math:`h` at the flat parameters ``theta`` on the whole batch (one forward pass).
+
+        Under the autocast of the batch's pass, so that ρ compares values of one precision.
+        """
+        with torch.no_grad(), autocast_as(self._pass_autocast, theta.device.type):
             params = self._layout.named_tensors(theta, self._names)
             z = functional_call(self.model, params, (inputs,))
-            return float(self.loss_fn(z, targets) + 0.5 * eta * (theta @ theta))
+            loss = self.loss_fn(z, targets)
+        return float(loss + 0.5 * eta * (theta @ theta))
 
     def _apply(self, delta: Tensor, new_theta: Tensor | None) -> None:
         """``θ ← θ + δ`` (copying ``new_theta`` when it was already computed for ρ)."""
         if new_theta is None:
             self._layout.add_(delta)
-            return
-        with torch.no_grad():
-            for (W, b), (nW, nb) in zip(self._layout.parameters(), self._layout.unpack(new_theta),
-                                        strict=True):
-                W.copy_(nW)
-                if b is not None:
-                    b.copy_(nb)
+        else:
+            self._layout.copy_(new_theta)
 
     def _adopt_inverse(self, op: kronlin.LinearOperator, blocks: tuple | None) -> None:
         """Keep ``op`` as the current inverse, with the data to rebuild it on resume.
 
-        Block-diagonal: the Kronecker factors of the inverse; block-tridiagonal: the blocks
-        ``(diag, offdiag)`` it was built from (rebuilding is deterministic).
+        Block-diagonal: each block's inverse as tensors; block-tridiagonal: the chain's blocks
+        ``(diag, offdiag)`` it was built from (rebuilding is deterministic), and the other
+        blocks' inverses.
         """
         self._inverse = op
         if self.approx == "blockdiag":
-            self._inverse_data = {"factors": [list(b.factors) for b in op.blocks]}
+            self._inverse_data = {"blocks": [b.inverse_tensors(o) for b, o in
+                                             zip(self._blocks, op.blocks, strict=True)]}
         else:
+            others = op.blocks[1:] if self._chain < len(self._blocks) else ()
             # copies: the cross moments in the blocks are the live (moving-average) statistics
-            self._inverse_data = _cloned({"diag": [list(p) for p in blocks[0]],
-                                          "offdiag": [list(p) for p in blocks[1]]})
+            self._inverse_data = _cloned({
+                "diag": [list(p) for p in blocks[0]],
+                "offdiag": [list(p) for p in blocks[1]],
+                "others": [b.inverse_tensors(o) for b, o in
+                           zip(self._blocks[self._chain:], others, strict=True)],
+            })
+
+    def _update_lambda(self, rho: float) -> None:
+        """λ by the Levenberg–Marquardt rule, compounding over up to ``lm_streak`` moves."""
+        self._lambda, self._lm_streak = lm_update(
+            self._lambda, rho, lm_decay(self.damping_every),
+            self._damping_bounds or (0.0, math.inf), streak=self._lm_streak,
+            max_streak=self.lm_streak)
+
+    def _gamma_bounds(self, eta: float) -> tuple[float, float]:
+        r"""``gamma_bounds``, default :math:`(\sqrt\eta, \infty)`, in the units of ``units``."""
+        return (math.sqrt(eta), math.inf) if self.gamma_bounds is None else self.gamma_bounds
 
     def _reject(self, h_value: float, *, counted: bool = False, refreshed: bool = False,
                 rho: float = math.nan, raise_lambda: bool = True) -> dict[str, Any]:
@@ -468,11 +925,10 @@ class KFAC(torch.optim.Optimizer):
         self._rejected += 1
         lam = self._lambda
         if raise_lambda and lam is not None:
-            self._lambda = levenberg_marquardt(lam, math.nan, lm_decay(self.damping_every),
-                                               self.damping_bounds)
+            self._update_lambda(math.nan)
         warnings.warn(
             f"step {self._k + (not counted)}: non-finite loss, gradient or update; step rejected, "
-            f"lambda raised to {self._lambda}", KFACWarning, stacklevel=3)
+            f"lambda raised to {self._lambda}", KFACWarning, stacklevel=4)
         return {"loss": h_value, "lambda": lam, "gamma": self._gamma, "alpha": math.nan,
                 "mu": math.nan, "rho": rho, "refreshed": refreshed, "accepted": False}
 
@@ -480,21 +936,25 @@ class KFAC(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume on the same trajectory (tensors are copies).
 
-        Statistics and their count, the current inverse (its Kronecker factors, or for
-        ``tridiag`` the blocks it is rebuilt from), λ, γ, δ₀, the iteration counters, the layer
-        order, the hyperparameters of the param group and the optimizer's RNG state.
+        Statistics and their count, the current inverse (each block's, or for ``tridiag`` the
+        chain's blocks it is rebuilt from), λ, γ, δ₀, the iteration counters, the block order
+        and kinds, the hyperparameters of the param group and the optimizer's RNG state.
         """
         return _cloned({
             "version": _STATE_VERSION,
             "approx": self.approx,
-            "layer_order": [self._registration[id(m)] for m in self._layers],
+            "fixed_lr": self._fixed_lr,
+            "block_order": [self._registration[id(b)] for b in self._blocks],
+            "block_kinds": [b.kind for b in self._blocks],
             "ordered": self._ordered,
             "param_groups": [{key: g[key] for key in ("lr", "momentum", "weight_decay")}
                              for g in self.param_groups],
             "k": self._k,
             "rejected": self._rejected,
             "lambda": self._lambda,
+            "lm_streak": self._lm_streak,
             "gamma": self._gamma,
+            "damping_bounds": self._damping_bounds,
             "delta0": self._delta0,
             "statistics": self._stats.state_dict(),
             "inverse": self._inverse_data,
@@ -507,7 +967,8 @@ class KFAC(torch.optim.Optimizer):
         """Restore a :meth:`state_dict` of a ``KFAC`` on the same model architecture.
 
         Raises:
-            ValueError: a state of another version or approximation, or for other layers.
+            ValueError: a state of another version or approximation, or for other layers
+                (another number or kind of curvature blocks).
 
         """
         state = state_dict
@@ -517,18 +978,28 @@ class KFAC(torch.optim.Optimizer):
         if state["approx"] != self.approx:
             raise ValueError(f"state_dict: saved for approx={state['approx']!r}, this optimizer "
                              f"has approx={self.approx!r}")
-        layers = sorted(self._layers, key=lambda m: self._registration[id(m)])
-        if sorted(state["layer_order"]) != list(range(len(layers))):
-            raise ValueError(f"state_dict: saved for {len(state['layer_order'])} layers, the model "
-                             f"has {len(layers)}")
-        device = layers[0].weight.device
-        self._layers = [layers[i] for i in state["layer_order"]]
-        self._layout = ParameterLayout(self._layers)
+        if state["fixed_lr"] != self._fixed_lr:
+            saved, mine = (("a fixed lr" if fixed else "lr=None (lr multiplies the chosen update)")
+                           for fixed in (state["fixed_lr"], self._fixed_lr))
+            raise ValueError(f"state_dict: saved by a KFAC with {saved}, this optimizer has {mine}")
+        blocks = sorted(self._blocks, key=lambda b: self._registration[id(b)])
+        order = state["block_order"]
+        if sorted(order) != list(range(len(blocks))):
+            raise ValueError(f"state_dict: saved for {len(order)} layers' curvature blocks, the "
+                             f"model has {len(blocks)}")
+        kinds = [blocks[i].kind for i in order]
+        if kinds != state["block_kinds"]:
+            raise ValueError(f"state_dict: saved for blocks of kinds {state['block_kinds']}, the "
+                             f"model's are {kinds}")
+        device = self._layout.trainable()[0].device
+        self._arrange([blocks[i] for i in order])
         self._ordered = state["ordered"]
         for group, saved in zip(self.param_groups, state["param_groups"], strict=True):
             group.update(saved)
         self._k, self._rejected = state["k"], state["rejected"]
         self._lambda, self._gamma = state["lambda"], state["gamma"]
+        self._lm_streak = state["lm_streak"]
+        self._damping_bounds = state["damping_bounds"]
         self._delta0 = None if state["delta0"] is None else state["delta0"].to(device).clone()
         self._stats.load_state_dict(state["statistics"], device)
         self._inverse_data = _cloned(state["inverse"], device)
@@ -548,8 +1019,14 @@ class KFAC(torch.optim.Optimizer):
         if data is None:
             return None
         if self.approx == "blockdiag":
-            return kronlin.BlockDiag([kronlin.Kron(*f) for f in data["factors"]])
-        return tridiag_inverse(data["diag"], data["offdiag"])
+            return kronlin.BlockDiag([b.inverse_operator(t) for b, t in
+                                      zip(self._blocks, data["blocks"], strict=True)])
+        chain = tridiag_inverse(data["diag"], data["offdiag"])
+        if not data["others"]:
+            return chain
+        return kronlin.BlockDiag([chain, *(b.inverse_operator(t) for b, t in
+                                           zip(self._blocks[self._chain:], data["others"],
+                                               strict=True))])
 
     def _rng(self, device: torch.device) -> torch.Generator:
         if self._generator is None:
@@ -558,17 +1035,15 @@ class KFAC(torch.optim.Optimizer):
         return self._generator
 
 
-def _pairs(grads: Sequence[Tensor], has_bias: Sequence[bool]) -> list[tuple[Tensor, Tensor | None]]:
-    """Regroup a flat list of ``(weight[, bias])`` gradients into per-layer pairs."""
-    out, it = [], iter(grads)
-    for bias in has_bias:
-        W = next(it)
-        out.append((W, next(it) if bias else None))
-    return out
+def _total_norm(tensors: Sequence[Tensor], like: Tensor) -> Tensor:
+    """The sum of the tensors' 1-norms, 0-d (zero for none, in ``like``'s dtype and device)."""
+    if not tensors:
+        return like.new_zeros(())
+    return torch.stack(torch._foreach_norm(list(tensors), 1)).sum()
 
 
-def _flatten(nested: Sequence[Sequence[Tensor]]) -> list[Tensor]:
-    return [t for group in nested for t in group]
+def _clamp(value: float, bounds: tuple[float, float]) -> float:
+    return min(max(value, bounds[0]), bounds[1])
 
 
 def _cloned(obj: Any, device: torch.device | None = None) -> Any:
@@ -592,6 +1067,10 @@ def _validate(**config: Any) -> None:
     check_fisher(config["fisher"])
     if config["pi"] not in PI_KINDS:
         fail("pi", f"one of {PI_KINDS}")
+    if config["gamma_rule"] not in GAMMA_RULES:
+        fail("gamma_rule", f"one of {GAMMA_RULES}")
+    if config["units"] not in UNITS:
+        fail("units", f"one of {UNITS}")
     lr, momentum = config["lr"], config["momentum"]
     if lr is not None and not (isinstance(lr, int | float) and lr > 0):
         fail("lr", "None or a positive float")
@@ -601,7 +1080,7 @@ def _validate(**config: Any) -> None:
         fail("damping", "None or a float >= 0")
     if not config["weight_decay"] >= 0:
         fail("weight_decay", "a float >= 0")
-    for name in ("inverse_every", "damping_every", "gamma_every"):
+    for name in ("inverse_every", "damping_every", "gamma_every", "quad_min_cases", "lm_streak"):
         if not (isinstance(config[name], int) and config[name] >= 1):
             fail(name, "an integer >= 1")
     if config["gamma_every"] % config["inverse_every"]:
@@ -612,6 +1091,8 @@ def _validate(**config: Any) -> None:
     for name in ("stats_fraction", "quad_fraction"):
         if not 0 < config[name] <= 1:
             fail(name, "a fraction in (0, 1]")
+    if config["unsupported"] not in UNSUPPORTED:
+        fail("unsupported", f"one of {UNSUPPORTED}")
     for name in ("damping_bounds", "gamma_bounds"):
         bounds = config[name]
         if bounds is not None and not (len(bounds) == 2 and 0 <= bounds[0] <= bounds[1]):

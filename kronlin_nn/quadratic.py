@@ -12,14 +12,18 @@ backward pass (arXiv App. C; "roughly half" the cost of a Gauss–Newton–vecto
 - :func:`output_jvps`: :math:`Ju` for several ``u`` with ``torch.func.jvp`` (stateless; the
   reference path).
 - :func:`cached_output_jvps`: the same from the training forward pass's recorded layer
-  inputs and outputs, so no layer GEMM of the primal pass is recomputed (the optimizer's path).
+  inputs and outputs, so no layer GEMM of the primal pass is recomputed (the optimizer's path
+  when every curvature block has a cached tangent forward; the diagonal fallback and the
+  first-order blocks have none, and then the optimizer uses :func:`output_jvps`).
 - :func:`solve_coefficients`, :func:`model_change`, :func:`reduction_ratio`: the 2×2 solve for
   :math:`(\alpha, \mu)`, :math:`M(\delta) - M(0)` and the LM ratio :math:`\rho`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -28,10 +32,13 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vmap
 
-from .capture import LayerIO
+from .blocks import CurvatureBlock
+from .blocks.base import repeat_rows
+from .capture import LayerIO, group_calls
 
 __all__ = [
     "cached_output_jvps",
+    "gram_accuracy",
     "model_change",
     "output_jvps",
     "reduction_ratio",
@@ -68,7 +75,7 @@ def output_jvps(model: nn.Module, inputs: Tensor, tangents: Mapping[str, Tensor]
 
 def cached_output_jvps(
     model: nn.Module,
-    layers: Sequence[nn.Linear],
+    blocks: Sequence[CurvatureBlock],
     calls: Sequence[LayerIO],
     inputs: Tensor,
     tangents: Sequence[Tensor],
@@ -76,92 +83,120 @@ def cached_output_jvps(
     r""":math:`J u_k` for ``K`` tangents, reusing the recorded layer outputs of the forward pass.
 
     The model runs once more in forward-mode AD on the inputs repeated ``K`` times (rows
-    ordered case-major: case ``n``, tangent ``k`` at row ``nK + k``), with each supported layer
-    replaced by a function that returns its *recorded* output as the primal and
-    :math:`\dot s = \dot W a + \dot b + W \dot a` as the tangent: two GEMMs per layer, and no
-    GEMM of the primal pass. The rest of the model (activations, …) is re-evaluated, which
-    is cheap elementwise work. Parameters must be unchanged since the recording.
+    ordered case-major: case ``n``, tangent ``k`` at row ``nK + k``), with each block's module
+    replaced by its :meth:`~kronlin_nn.blocks.CurvatureBlock.tangent_forward`, which returns
+    the *recorded* output as the primal and its tangent, e.g.
+    :math:`\dot s = \dot W a + \dot b + W \dot a` for a linear layer: two GEMMs per layer,
+    and no GEMM of the primal pass. The rest of the model (activations, …) is re-evaluated,
+    which is cheap elementwise work. Parameters must be unchanged since the recording.
 
     Args:
         model: the network.
-        layers: its supported layers; layer ``i`` is ``calls[j]`` with ``calls[j].layer == i``.
-        calls: the records of the forward pass on ``inputs``.
+        blocks: its curvature blocks, every one with a cached tangent forward
+            (:attr:`~kronlin_nn.blocks.CurvatureBlock.cached_tangents`).
+        calls: the records of the forward pass on ``inputs`` (``calls[j].layer`` indexes
+            ``blocks``).
         inputs: the ``n`` cases the records were made on.
-        tangents: per layer, the tangent matrices :math:`[\dot W \mid \dot b]`, shape
-            ``(K, d_out, d_in + 1)`` (``(K, d_out, d_in)`` without bias).
+        tangents: per block, the ``K`` parameter tangents in its geometry, ``(K, *shape)``
+            (:meth:`kronlin_nn.layout.ParameterLayout.unstack`).
 
     Returns:
         Output tangents, shape ``(K, n, D)`` (a transposed view).
 
+    Raises:
+        ValueError: a block without a cached tangent forward (use :func:`output_jvps`).
+
     """
+    _load_forward_ad_rules()
     K, n = tangents[0].shape[0], inputs.shape[0]
-    records = {c.layer: c for c in calls}
-    saved = [layer.__dict__.get("forward") for layer in layers]
-    with fwAD.dual_level():
+    forwards = [b.tangent_forward(cs, t) for b, cs, t in
+                zip(blocks, group_calls(calls, len(blocks)), tangents, strict=True)]
+    if any(f is None for f in forwards):
+        names = [b.name for b, f in zip(blocks, forwards, strict=True) if f is None]
+        raise ValueError(f"blocks: {names} have no cached tangent forward; use output_jvps")
+    modules = [b.module for b in blocks]
+    saved = [module.__dict__.get("forward") for module in modules]
+    # no_grad: no backward graph (forward-mode AD is unaffected), as parameters require grad
+    with fwAD.dual_level(), torch.no_grad():
         try:
-            for i, layer in enumerate(layers):
-                layer.forward = _tangent_forward(layer, records[i], tangents[i])
-            out = model(_repeat_rows(inputs, K))
+            for module, forward in zip(modules, forwards, strict=True):
+                module.forward = forward
+            out = model(repeat_rows(inputs, K))
         finally:
-            for layer, forward in zip(layers, saved, strict=True):
+            for module, forward in zip(modules, saved, strict=True):
                 if forward is None:
-                    layer.__dict__.pop("forward", None)  # back to the class's forward
+                    module.__dict__.pop("forward", None)  # back to the class's forward
                 else:
-                    layer.forward = forward
+                    module.forward = forward
         tangent = fwAD.unpack_dual(out).tangent
     return tangent.reshape(n, K, -1).transpose(0, 1)
 
 
-def _tangent_forward(layer: nn.Linear, record: LayerIO, tangent: Tensor):
-    a, s = record.a, record.output().detach()
-    K, d_out = tangent.shape[0], tangent.shape[1]
-    flat = tangent.reshape(K * d_out, tangent.shape[2])  # row k·d_out + j: unit j of tangent k
-    W = layer.weight.detach()
+@functools.cache
+def _load_forward_ad_rules() -> None:
+    """Let torch load its forward-mode AD decompositions once, without their warnings.
 
-    def forward(x: Tensor) -> Tensor:
-        if layer.bias is None:
-            t = a @ flat.T
-        else:  # Ẇ a + ḃ for all K tangents in one GEMM: (n, K·d_out)
-            t = torch.addmm(flat[:, -1], a, flat[:, :-1].T)
-        t = t.view(-1, d_out)  # rows (case, tangent), matching the repeated inputs
-        x_tangent = fwAD.unpack_dual(x).tangent
-        if x_tangent is not None:  # W ȧ (absent for the first layer: inputs are constants)
-            t = torch.addmm(t, x_tangent, W.T)
-        return fwAD.make_dual(_repeat_rows(s, K), t)
-
-    return forward
-
-
-def _repeat_rows(x: Tensor, K: int) -> Tensor:
-    """Each row of ``x`` ``K`` times in a row (``repeat_interleave`` without its host sync)."""
-    return x.unsqueeze(1).expand(x.shape[0], K, *x.shape[1:]).reshape(-1, *x.shape[1:])
+    On the first dual tensor of a process, torch scripts its JVP decompositions with the
+    deprecated ``torch.jit.script``, which warns once per decomposition (about twenty
+    ``DeprecationWarning``/``FutureWarning`` lines that say nothing about the user's code).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        with fwAD.dual_level():
+            fwAD.make_dual(torch.zeros(1), torch.zeros(1))
 
 
 def solve_coefficients(
-    A: np.ndarray, c: np.ndarray, fixed: Sequence[float | None] = (None, None)
+    A: np.ndarray, c: np.ndarray, fixed: Sequence[float | None] = (None, None),
+    rcond: float = 1e-12,
 ) -> np.ndarray:
     r"""Minimize :math:`\tfrac12 x^\top A x + c^\top x` over the free entries of :math:`x = (\alpha, \mu)`.
 
     With both free this is the 2×2 system of arXiv §7, :math:`x^* = -A^{-1}c`; with ``μ``
     fixed at 0 (first step, or no momentum) it is :math:`\alpha^* = -c_1/A_{11}` (arXiv §6.4).
     Singular systems (e.g. :math:`\delta_0 = 0`) are solved by pseudo-inverse, as the authors'
-    code does, which leaves the coefficient of a zero vector at 0.
+    code does, which leaves the coefficient of a zero vector at 0. The pseudo-inverse is taken
+    of :math:`A` scaled to a unit diagonal and drops eigenvalues below ``rcond`` (relative to
+    the largest), negative ones included: :math:`A` is positive semi-definite in exact
+    arithmetic, and when :math:`\Delta` and :math:`\delta_0` are nearly parallel (late in
+    training, where the gradient is close to rounding noise) its small eigenvalue is rounding
+    error, whose inverse would give μ in the hundreds.
 
     Args:
         A: the 2×2 matrix :math:`[u_i^\top (F + (\lambda+\eta) I) u_j]` for :math:`u = (\Delta, \delta_0)`.
         c: :math:`(\nabla h^\top \Delta, \nabla h^\top \delta_0)`.
         fixed: per coefficient, a fixed value or ``None`` (free).
+        rcond: the relative accuracy of :math:`A`'s entries (see :func:`gram_accuracy`).
 
     Returns:
         ``x = (α, μ)`` as float64.
 
     """
     x = np.array([0.0 if f is None else f for f in fixed], dtype=np.float64)
-    free = np.array([f is None for f in fixed])
-    if free.any():
-        rhs = -(c[free] + A[np.ix_(free, ~free)] @ x[~free])
-        x[free] = np.linalg.pinv(A[np.ix_(free, free)]) @ rhs
+    free = np.flatnonzero([f is None for f in fixed])
+    fixed_at = np.flatnonzero([f is not None for f in fixed])
+    if free.size == 0:
+        return x
+    rhs = -(c[free] + A[np.ix_(free, fixed_at)] @ x[fixed_at])
+    scale = np.sqrt(np.clip(np.diag(A)[free], 0.0, None))
+    live = scale > 0
+    if live.any():
+        s = scale[live]
+        w, Q = np.linalg.eigh(A[np.ix_(free[live], free[live])] / np.outer(s, s))
+        keep = w > rcond * w.max()
+        y = Q[:, keep] @ ((Q[:, keep].T @ (rhs[live] / s)) / w[keep])
+        x[free[live]] = y / s
     return x
+
+
+def gram_accuracy(dtype: torch.dtype, size: int) -> float:
+    r"""The relative accuracy of an inner product of ``size`` entries: :math:`\sqrt{P}\,\epsilon`.
+
+    The root-mean-square rounding error of a sum of ``P`` products, relative to its scale; the
+    quadratic model's 2×2 entries are such inner products of parameter-sized vectors.
+    """
+    return math.sqrt(size) * torch.finfo(dtype).eps
 
 
 def model_change(A: np.ndarray, c: np.ndarray, x: np.ndarray) -> float:

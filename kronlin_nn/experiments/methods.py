@@ -4,9 +4,13 @@ Objective and units. The loss is ``nn.BCEWithLogitsLoss(reduction="mean")``: the
 cases *and* pixels, a reduction K-FAC understands (its Fisher is that of the loss as defined).
 The paper's objective sums over the ``d`` pixels and averages over cases, so it is ``d`` times
 ours. Every hyperparameter given in the paper's units is converted so that each method runs the
-paper's algorithm on the paper's objective exactly: weight decay η = 1e-5/d, K-FAC's initial
-λ = 150/d (K-FAC's α, μ, ρ and the factored damping are invariant to this rescaling once λ, η
-and γ are rescaled too; γ₀ = √(λ₀ + η) follows), and SGD's ε = ε_paper·d.
+paper's algorithm on the paper's objective exactly: SGD's weight decay η = 1e-5/d and its
+ε = ε_paper·d; K-FAC's paper recipe takes λ₀ = 150 and η = 1e-5 in the paper's units through
+``units="case"`` (:data:`kronlin_nn.PAPER`).
+
+K-FAC runs in two configurations: ``kfac-blockdiag`` and ``kfac-tridiag`` are ``KFAC``'s
+defaults (what a user gets from ``KFAC(model, loss_fn)``), ``kfac-blockdiag-paper`` and
+``kfac-tridiag-paper`` the paper's recipe; the momentum-less variants are the paper's too.
 
 Batch sizes (ICML App. M, spec §9, §10.3), scaled to the set's size ``n``:
 
@@ -29,22 +33,24 @@ from functools import partial
 
 from torch import nn
 
-from kronlin_nn import KFAC
+from kronlin_nn import KFAC, PAPER
 from kronlin_nn.experiments.baseline import SGDNesterov
 from kronlin_nn.experiments.training import Method, Stepper
 from kronlin_nn.schedules import exponential_batch_size
 
-__all__ = ["METHODS", "PAPER_DAMPING", "PAPER_WEIGHT_DECAY", "Setting", "loss_function", "make_method"]
+__all__ = ["METHODS", "PAPER_WEIGHT_DECAY", "Setting", "loss_function", "make_method"]
 
-PAPER_WEIGHT_DECAY = 1e-5
-PAPER_DAMPING = 150.0
+PAPER_WEIGHT_DECAY = PAPER["weight_decay"]
 
-# name -> (K-FAC approximation, quadratic-model momentum); "sgd" is the baseline.
-_KFAC_VARIANTS: dict[str, tuple[str, bool]] = {
-    "kfac-blockdiag": ("blockdiag", True),
-    "kfac-tridiag": ("tridiag", True),
-    "kfac-blockdiag-nomomentum": ("blockdiag", False),
-    "kfac-tridiag-nomomentum": ("tridiag", False),
+# name -> (K-FAC approximation, quadratic-model momentum, the paper's recipe or the defaults);
+# "sgd" is the baseline.
+_KFAC_VARIANTS: dict[str, tuple[str, bool, bool]] = {
+    "kfac-blockdiag": ("blockdiag", True, False),
+    "kfac-tridiag": ("tridiag", True, False),
+    "kfac-blockdiag-paper": ("blockdiag", True, True),
+    "kfac-tridiag-paper": ("tridiag", True, True),
+    "kfac-blockdiag-nomomentum": ("blockdiag", False, True),
+    "kfac-tridiag-nomomentum": ("tridiag", False, True),
 }
 METHODS: tuple[str, ...] = (*_KFAC_VARIANTS, "sgd")
 
@@ -98,8 +104,8 @@ def make_method(name: str, setting: Setting, *, sgd_lr: float | None = None) -> 
         return _sgd(setting, sgd_lr)
     if name not in _KFAC_VARIANTS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(METHODS)}")
-    approx, momentum = _KFAC_VARIANTS[name]
-    return _kfac(name, setting, approx, momentum)
+    approx, momentum, paper = _KFAC_VARIANTS[name]
+    return _kfac(name, setting, approx, momentum, paper)
 
 
 def _sgd(setting: Setting, lr: float) -> Method:
@@ -127,33 +133,30 @@ def _sgd(setting: Setting, lr: float) -> Method:
     return Method("sgd", label, build, _constant(batch), settings)
 
 
-def _kfac(name: str, setting: Setting, approx: str, momentum: bool) -> Method:
-    kwargs = {
-        "approx": approx,
-        "momentum": momentum,
-        "damping": PAPER_DAMPING / setting.pixels,
-        "weight_decay": setting.weight_decay,
-        "seed": setting.seed,
-    }
-    settings: dict[str, object] = {
-        "optimizer": "KFAC",
-        "kwargs": kwargs,
-        "initial_lambda_paper_units": PAPER_DAMPING,
-        "weight_decay_paper_units": PAPER_WEIGHT_DECAY,
-    }
+def _kfac(name: str, setting: Setting, approx: str, momentum: bool, paper: bool) -> Method:
+    kwargs: dict[str, object] = {"approx": approx, "momentum": momentum, "seed": setting.seed}
+    settings: dict[str, object] = {"optimizer": "KFAC", "kwargs": dict(kwargs)}
+    if paper:
+        kwargs.update(PAPER)
+        settings["recipe"] = "kronlin_nn.PAPER"
+        settings["initial_lambda_paper_units"] = PAPER["damping"]
+        settings["weight_decay_paper_units"] = PAPER["weight_decay"]
+    else:
+        settings["recipe"] = "defaults"
     kind = "Blk-TriDiag" if approx == "tridiag" else "Blk-Diag"
+    kind += " K-FAC, paper recipe" if paper else " K-FAC"
     if momentum:
         first = max(1, min(1000, setting.n_train // 20))
         batch_size = partial(
             exponential_batch_size, first=first, total=setting.n_train, reach_at=500
         )
         settings["batch_schedule"] = {"first": first, "total": setting.n_train, "reach_at": 500}
-        label = f"{kind} K-FAC (exp. sched.)"
+        label = f"{kind} (exp. sched.)"
     else:
         fixed = max(1, min(6000, setting.n_train // 10))
         batch_size = _constant(fixed)
         settings["batch_size"] = fixed
-        label = f"{kind} K-FAC (no moment., m={fixed})"
+        label = f"{kind} (no moment., m={fixed})"
 
     def build(model: nn.Module) -> Stepper:
         return KFAC(model, loss_function(), **kwargs)

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from kronlin_nn.experiments.models import reconstruction_error
+from kronlin_nn.experiments.progress import Progress
 from kronlin_nn.schedules import PolyakAverage
 
 __all__ = ["EvalClock", "Method", "Stepper", "TrainResult", "train"]
@@ -108,7 +108,7 @@ def train(
     polyak_start: int,
     max_iterations: int | None = None,
     evaluate_along: bool = True,
-    progress: bool = True,
+    progress: Callable[[str, float], Progress] | None = Progress,
 ) -> TrainResult:
     """Train ``model`` in place with ``method`` for ``budget`` timed seconds.
 
@@ -132,7 +132,9 @@ def train(
         max_iterations: optional cap on the number of steps.
         evaluate_along: evaluate at :class:`EvalClock` points; otherwise only at the start and
             the end (for the grid search).
-        progress: show a tqdm bar (timed seconds, iteration, batch size, error).
+        progress: makes the run's progress report from the method's name and ``budget``
+            (default: :class:`~kronlin_nn.experiments.progress.Progress` on standard output,
+            a bar on a terminal, plain lines otherwise); ``None``: silent.
 
     Returns:
         The records and the run's totals.
@@ -144,24 +146,18 @@ def train(
     clock = EvalClock(budget)
     eval_seconds = 0.0
 
+    report = progress(method.name, budget) if progress is not None else None
+
     def evaluate(k: int, seconds: float, batch: int, stats: Mapping[str, Any]) -> dict[str, Any]:
         nonlocal eval_seconds
         start = time.perf_counter()
         record = _evaluate(model, x, average, k, seconds, batch, stats)
         eval_seconds += time.perf_counter() - start
+        if report is not None:
+            report.evaluated(k, seconds, record["train_error"])
         return record
 
     records = [evaluate(0, 0.0, 0, {})]
-    timed = math.isfinite(budget)
-    bar = tqdm(
-        total=budget if timed else None,
-        desc=method.name,
-        unit="s",
-        bar_format="{desc:<26}"
-        + ("{percentage:3.0f}%|{bar:16}| {n:.1f}/{total:g} s" if timed else "{n:.1f} s")
-        + "{postfix}",
-        disable=not progress,
-    )
     seconds, k, batch, stats = 0.0, 0, 0, {}
     while seconds < budget and (max_iterations is None or k < max_iterations):
         k += 1
@@ -173,21 +169,18 @@ def train(
         average.update()
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
-        elapsed = time.perf_counter() - start
-        seconds += elapsed
-        bar.update(min(elapsed, max(budget - bar.n, 0.0)))  # the last step may overshoot
-        if not evaluate_along:
-            bar.set_postfix_str(f"it {k}, m {batch}")
+        seconds += time.perf_counter() - start
+        if report is not None:
+            report.step(k, seconds, batch)
         diverged = not math.isfinite(float(stats["loss"])) and stats.get("accepted", True)
         if diverged or (evaluate_along and clock.due(seconds)):
             records.append(evaluate(k, seconds, batch, stats))
-            bar.set_postfix_str(f"it {k}, m {batch}, err {records[-1]['train_error']:.4g}")
         if diverged:
             break
     if records[-1]["iteration"] != k:
         records.append(evaluate(k, seconds, batch, stats))
-        bar.set_postfix_str(f"it {k}, m {batch}, err {records[-1]['train_error']:.4g}")
-    bar.close()
+    if report is not None:
+        report.close()
     return TrainResult(records, k, seconds, eval_seconds)
 
 

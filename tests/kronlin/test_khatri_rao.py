@@ -16,7 +16,8 @@ def test_khatri_rao_matches_scipy(backend, dtype, m, p, n):
     A, B = rng.standard_normal((m, n)), rng.standard_normal((p, n))
     out = kl.khatri_rao(convert(A, backend, dtype), convert(B, backend, dtype))
     assert tuple(out.shape) == (m * p, n)
-    assert_close(out, scipy.linalg.khatri_rao(A, B), dtype=dtype, label="khatri_rao")
+    # one product of two rounded entries per output entry: 3 roundings (exact in float64)
+    assert_close(out, scipy.linalg.khatri_rao(A, B), dtype=dtype, bound=3, label="khatri_rao")
 
 
 @pytest.mark.parametrize(("n", "m", "p"), [(1, 1, 1), (5, 3, 4), (7, 64, 2)])
@@ -25,7 +26,7 @@ def test_face_split_rows_are_krons(backend, dtype, n, m, p):
     A, B = rng.standard_normal((n, m)), rng.standard_normal((n, p))
     out = kl.face_split(convert(A, backend, dtype), convert(B, backend, dtype))
     expected = np.stack([np.kron(A[i], B[i]) for i in range(n)])
-    assert_close(out, expected, dtype=dtype, label="face_split")
+    assert_close(out, expected, dtype=dtype, bound=3, label="face_split")
 
 
 @given(st.integers(1, 5), st.integers(1, 5), st.integers(1, 5), st.integers(0, 2**31))
@@ -41,7 +42,8 @@ def test_face_split_gives_per_example_gradients():
     g, a = rng.standard_normal((4, 3)), rng.standard_normal((4, 5))
     grads = kl.face_split(g, a)
     for i in range(4):
-        np.testing.assert_allclose(grads[i], np.outer(g[i], a[i]).reshape(-1))
+        # one product per entry, rounded the same way: equal bit for bit
+        np.testing.assert_array_equal(grads[i], np.outer(g[i], a[i]).reshape(-1))
 
 
 def test_errors():

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -6,8 +8,8 @@ from hypothesis import strategies as st
 import kronlin as kl
 
 from ..conftest import convert, to_numpy
-from .helpers import assert_close, spd
-from .operator_contract import InvertibleOperatorContract, OperatorContract
+from .helpers import assert_close, logdet_bound, product_condition, spd
+from .operator_contract import ErrorModel, InvertibleOperatorContract, OperatorContract
 
 
 def dense_kron(*factors):
@@ -17,12 +19,35 @@ def dense_kron(*factors):
     return out
 
 
+def kron_bound(factors):
+    """Rounding errors of one entry of ``(⊗Fⱼ) X``: the mode products' dot products, and the
+    rounding of each factor and of ``X`` to the working dtype, with their products.
+
+    A plan applies each group of merged factors as one factor (``kronlin._plan``), whose dot
+    products have length ``∏ cⱼ`` over the group: the worst grouping the cost model may choose
+    counts ``max Σ_groups ∏ cⱼ`` (``Σ cⱼ`` without merging), with ``cⱼ`` the larger side (the
+    transpose applies the rows)."""
+    from kronlin._plan import groupings
+
+    sides = [max(f.shape) for f in factors]
+    shapes = [(n, n) for n in sides]
+    dots = max(sum(math.prod(sides[j] for j in g) for g in groups) for groups in groupings(shapes))
+    return dots + 2 * len(factors) + 1
+
+
+def kron_model(factors):
+    """The contract's error model of ``Kron(*factors)``: factor inverses err by ``cond(Fⱼ)`` each."""
+    square = all(f.shape[0] == f.shape[1] for f in factors)
+    return ErrorModel(kron_bound(factors),
+                      inverse_condition=sum(map(np.linalg.cond, factors)) if square else None)
+
+
 class TestKronTwoRectangular(OperatorContract):
     label = "Kron(2 rectangular)"
 
     def build(self, rng, backend, dtype):
         A, B = rng.standard_normal((4, 3)), rng.standard_normal((2, 5))
-        return kl.Kron(convert(A, backend, dtype), convert(B, backend, dtype)), np.kron(A, B), 10.0
+        return kl.Kron(convert(A, backend, dtype), convert(B, backend, dtype)), np.kron(A, B), kron_model([A, B])
 
 
 class TestKronThreeSquareSPD(InvertibleOperatorContract):
@@ -32,7 +57,7 @@ class TestKronThreeSquareSPD(InvertibleOperatorContract):
     def build(self, rng, backend, dtype):
         fs = [spd(rng, n) for n in (3, 4, 2)]
         op = kl.Kron(*(convert(f, backend, dtype) for f in fs))
-        return op, dense_kron(*fs), 10.0
+        return op, dense_kron(*fs), kron_model(fs)
 
 
 class TestKronSingleFactor(InvertibleOperatorContract):
@@ -40,7 +65,7 @@ class TestKronSingleFactor(InvertibleOperatorContract):
 
     def build(self, rng, backend, dtype):
         A = rng.standard_normal((5, 5)) + 5 * np.eye(5)
-        return kl.Kron(convert(A, backend, dtype)), A, 10.0
+        return kl.Kron(convert(A, backend, dtype)), A, kron_model([A])
 
 
 class TestKronFourFactors(OperatorContract):
@@ -48,7 +73,14 @@ class TestKronFourFactors(OperatorContract):
 
     def build(self, rng, backend, dtype):
         fs = [rng.standard_normal(s) for s in ((2, 3), (3, 3), (1, 2), (4, 2))]
-        return kl.Kron(*(convert(f, backend, dtype) for f in fs)), dense_kron(*fs), 10.0
+        return kl.Kron(*(convert(f, backend, dtype) for f in fs)), dense_kron(*fs), kron_model(fs)
+
+
+def kron_eigen_bound(factors):
+    """Rounding errors of one entry of ``K diag(S) Kᵀ X`` for ``K = ⊗Kⱼ`` with ``Kⱼ`` of ``factors``' sizes:
+    two chains of mode products (``2 Σ nⱼ``), the scaling, and the rounding of the bases, ``S``
+    and ``X`` to the dtype."""
+    return 2 * sum(f.shape[0] for f in factors) + 2 * len(factors) + 3
 
 
 def test_vec_convention(backend, dtype):
@@ -57,7 +89,9 @@ def test_vec_convention(backend, dtype):
     A, B, X = rng.standard_normal((3, 4)), rng.standard_normal((5, 2)), rng.standard_normal((4, 2))
     op = kl.Kron(convert(A, backend, dtype), convert(B, backend, dtype))
     got = op @ convert(X.reshape(-1), backend, dtype)
-    assert_close(got, (A @ X @ B.T).reshape(-1), dtype=dtype, cond=10, label="Kron(2 rectangular)")
+    x = X.reshape(-1)
+    assert_close(got, (A @ X @ B.T).reshape(-1), dtype=dtype,
+                 bound=kron_bound([A, B]) * product_condition(np.kron(A, B), x), label="Kron(2 rectangular)")
 
 
 def test_structured_methods(backend, dtype):
@@ -67,15 +101,36 @@ def test_structured_methods(backend, dtype):
     op = kl.Kron(*(convert(f, backend, dtype) for f in fs))
     label = "Kron(3 SPD)"
     assert_close(np.array([to_numpy(op.logdet())]), [np.linalg.slogdet(dense)[1]], dtype=dtype,
-                 cond=100, label=label)
-    assert_close(np.array([to_numpy(op.trace())]), [np.trace(dense)], dtype=dtype, label=label)
-    assert_close(op.diagonal(), np.diag(dense), dtype=dtype, label=label)
+                 bound=logdet_bound(dense), label=label)
+    # traces: sums of nⱼ positive terms, then a product of 3; entries of the diagonal: products
+    assert_close(np.array([to_numpy(op.trace())]), [np.trace(dense)], dtype=dtype,
+                 bound=sum(len(f) for f in fs) + 2 * len(fs), label=label)
+    assert_close(op.diagonal(), np.diag(dense), dtype=dtype, bound=2 * len(fs), label=label)
     eig = op.eigh()
     assert isinstance(eig, kl.KronEigen) and eig.orthonormal
-    assert_close(eig.to_dense(), dense, dtype=dtype, cond=10, label=label)
+    # eigh is backward stable (error ~ nⱼ·u·‖Fⱼ‖ per factor), then K diag(w) Kᵀ is applied
+    absolute = dense_kron(*(abs(q) @ np.diag(w) @ abs(q).T for w, q in map(np.linalg.eigh, fs)))
+    eigh_bound = kron_eigen_bound(fs) * product_condition(dense, np.eye(len(dense)), absolute)
+    assert_close(eig.to_dense(), dense, dtype=dtype, bound=eigh_bound, label=label)
     damped = eig.shift(0.3).inv()
-    assert_close(damped.to_dense(), np.linalg.inv(dense + 0.3 * np.eye(len(dense))), dtype=dtype,
-                 cond=100, label=label)
+    shifted = dense + 0.3 * np.eye(len(dense))
+    assert_close(damped.to_dense(), np.linalg.inv(shifted), dtype=dtype,
+                 bound=eigh_bound * np.linalg.cond(shifted), label=label)
+
+
+def test_logdet_of_a_negative_determinant_raises_and_of_a_positive_one_is_exact():
+    rng = np.random.default_rng(2)
+    A, B = spd(rng, 3), spd(rng, 2)
+    flip = np.diag([-1.0, 1.0, 1.0])
+    # det(F₁ ⊗ F₂) = det(F₁)^{n₂} det(F₂)^{n₁}: negative for det F₁ < 0 and n₂ odd
+    with pytest.raises(np.linalg.LinAlgError, match="Kron.logdet: the determinant is not positive"):
+        kl.Kron(flip @ A, spd(rng, 3)).logdet()
+    # ... and positive for n₂ even, although a factor has a negative determinant
+    dense = np.kron(flip @ A, B)
+    sign, expected = np.linalg.slogdet(dense)
+    assert sign == 1.0
+    assert_close(np.array([kl.Kron(flip @ A, B).logdet()]), [expected], dtype="float64", bound=logdet_bound(dense),
+                 label="Kron(logdet)")
 
 
 def test_inv_names_singular_factor():
@@ -138,7 +193,10 @@ def test_mixed_product_rule(A, B, data):
     C = data.draw(matrices(rows=A.shape[1]))
     D = data.draw(matrices(rows=B.shape[1]))
     lhs = (kl.Kron(A, B) @ kl.Kron(C, D)).to_dense()
-    np.testing.assert_allclose(lhs, np.kron(A @ C, B @ D), atol=1e-10)
+    # both sides sum products of A, B, C, D entries: κ from |A||C| ⊗ |B||D|
+    kappa = np.linalg.norm(np.kron(abs(A) @ abs(C), abs(B) @ abs(D))) / np.linalg.norm(np.kron(A @ C, B @ D))
+    assert_close(lhs, np.kron(A @ C, B @ D), dtype="float64",
+                 bound=2 * (kron_bound([C, D]) + kron_bound([A, B])) * kappa, label="Kron(properties)")
 
 
 @given(st.lists(matrices(), min_size=1, max_size=4), st.integers(1, 3), st.integers(0, 2**31))
@@ -147,16 +205,19 @@ def test_n_factor_associativity_and_shape(factors, k, seed):
     dense = dense_kron(*factors)
     assert op.shape == dense.shape
     X = np.random.default_rng(seed).standard_normal((dense.shape[1], k))
-    np.testing.assert_allclose(op @ X, dense @ X, atol=1e-10)
+    bound = kron_bound(factors) * product_condition(dense, X)
+    assert_close(op @ X, dense @ X, dtype="float64", bound=bound, label="Kron(properties)")
     # grouping: (F₁ ⊗ F₂) ⊗ F₃ = F₁ ⊗ (F₂ ⊗ F₃)
     if len(factors) >= 2:
         grouped = kl.Kron(np.kron(factors[0], factors[1]), *factors[2:])
-        np.testing.assert_allclose(grouped @ X, op @ X, atol=1e-10)
+        assert_close(grouped @ X, dense @ X, dtype="float64", bound=bound, label="Kron(properties)")
 
 
 @given(st.lists(matrices(), min_size=1, max_size=3))
 def test_transpose_property(factors):
-    np.testing.assert_allclose(kl.Kron(*factors).T.to_dense(), dense_kron(*factors).T, atol=1e-12)
+    # entries are products of f numbers, computed in another order by np.kron: 2(f − 1) roundings
+    assert_close(kl.Kron(*factors).T.to_dense(), dense_kron(*factors).T, dtype="float64",
+                 bound=max(2 * (len(factors) - 1), 1), label="Kron(properties)")
 
 
 @given(st.lists(st.integers(1, 4), min_size=1, max_size=3), st.integers(0, 2**31))
@@ -164,6 +225,31 @@ def test_inverse_of_kron_is_kron_of_inverses(sizes, seed):
     rng = np.random.default_rng(seed)
     fs = [rng.standard_normal((n, n)) + 3 * n * np.eye(n) for n in sizes]
     inv = kl.Kron(*fs).inv()
-    np.testing.assert_allclose(inv.to_dense(), dense_kron(*(np.linalg.inv(f) for f in fs)),
-                               atol=1e-10)
-    np.testing.assert_allclose(inv.to_dense() @ dense_kron(*fs), np.eye(inv.shape[0]), atol=1e-9)
+    # each factor inverted (backward stable, n·cond(Fⱼ)), then multiplied out
+    bound = sum(n * np.linalg.cond(f) for n, f in zip(sizes, fs, strict=True)) + 2 * len(fs)
+    assert_close(inv.to_dense(), dense_kron(*(np.linalg.inv(f) for f in fs)), dtype="float64",
+                 bound=2 * bound, label="Kron(properties)")
+    identity = np.eye(inv.shape[0])
+    assert_close(inv.to_dense() @ dense_kron(*fs), identity, dtype="float64",
+                 bound=bound * np.linalg.cond(dense_kron(*fs)), label="Kron(properties)")
+
+
+@pytest.mark.parametrize("method", ["inv", "eigh", "logdet", "trace", "diagonal"])
+def test_square_required_names_the_method(method):
+    with pytest.raises(ValueError, match=rf"^Kron\.{method}: factors\[1\] must be square, got shape \(2, 3\)$"):
+        getattr(kl.Kron(np.eye(2), np.ones((2, 3))), method)()
+
+
+def test_logdet_of_a_singular_factor_raises():
+    with pytest.raises(np.linalg.LinAlgError, match="^Kron.logdet: the determinant is not positive$"):
+        kl.Kron(np.eye(2), np.zeros((2, 2))).logdet()
+
+
+def test_eigh_failure_names_the_factor(monkeypatch):
+    import array_api_compat.numpy as xp_numpy
+
+    real = xp_numpy.linalg.eigh
+    monkeypatch.setattr(xp_numpy.linalg, "eigh",
+                        lambda a: (np.full(len(a), np.nan), np.eye(len(a))) if len(a) == 3 else real(a))
+    with pytest.raises(np.linalg.LinAlgError, match=r"^factors\[1\]: eigendecomposition of the \(3, 3\) matrix"):
+        kl.Kron(np.eye(2), np.eye(3)).eigh()

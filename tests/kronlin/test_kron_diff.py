@@ -6,7 +6,7 @@ import kronlin as kl
 from ..conftest import convert
 from .chains import blocks, joint_covariance
 from .helpers import assert_close, spd
-from .operator_contract import InvertibleOperatorContract
+from .operator_contract import ErrorModel, InvertibleOperatorContract
 
 
 def paper_difference(rng, m, n):
@@ -28,7 +28,10 @@ class TestKronDiffPaperConstruction(InvertibleOperatorContract):
         A, B, C, D = paper_difference(rng, 4, 3)
         dense = np.kron(A, B) - np.kron(C, D)
         op = kl.KronDiff(*(convert(M, backend, dtype) for M in (A, B, C, D)))
-        return op, dense, np.linalg.cond(dense)
+        # two Kronecker applies (dot products of lengths m + n each), their difference, and the
+        # rounding of the four factors and of X; the terms of the difference may cancel
+        absolute = np.kron(np.abs(A), np.abs(B)) + np.kron(np.abs(C), np.abs(D))
+        return op, dense, ErrorModel(2 * (A.shape[0] + B.shape[0]) + 8, absolute)
 
 
 def test_inverse_is_kron_eigen_and_matches_dense_solve(backend, dtype):
@@ -38,8 +41,9 @@ def test_inverse_is_kron_eigen_and_matches_dense_solve(backend, dtype):
     inv = kl.KronDiff(*(convert(M, backend, dtype) for M in (A, B, C, D))).inv()
     assert isinstance(inv, kl.KronEigen)
     v = rng.standard_normal(10)
+    # two Cholesky factorizations, two eigh and the apply, each backward stable: 10·cond
     assert_close(inv @ convert(v, backend, dtype), np.linalg.solve(dense, v), dtype=dtype,
-                 cond=np.linalg.cond(dense), label="KronDiff")
+                 bound=10 * np.linalg.cond(dense), label="KronDiff")
 
 
 def test_near_singular_denominator_is_detected_and_damping_regularizes():
@@ -51,7 +55,34 @@ def test_near_singular_denominator_is_detected_and_damping_regularizes():
         kl.KronDiff(A, B, C, D).inv()
     damped = kl.KronDiff(A, B, C, D).inv(damping=0.1)
     dense = np.kron(A, B) - np.kron(C, D) + 0.1 * np.kron(A, B)
-    np.testing.assert_allclose(damped.to_dense(), np.linalg.inv(dense), rtol=1e-8, atol=1e-8)
+    assert_close(damped.to_dense(), np.linalg.inv(dense), dtype="float64", bound=10 * np.linalg.cond(dense),
+                 label="KronDiff")
+
+
+def test_rtol_sets_the_smallest_tolerated_denominator(dtype):
+    # C = (1 − 10⁻³)·A, D = B: every denominator 1 − s1·s2 equals 10⁻³
+    rng = np.random.default_rng(17)
+    A, B = spd(rng, 3), spd(rng, 2)
+    args = [convert(M, "numpy", dtype) for M in (A, B, (1 - 1e-3) * A, B)]
+    op = kl.KronDiff(*args)
+    with pytest.raises(kl.SingularDenominatorError, match=r"is 0\.001 ≤ rtol = 0\.002"):
+        op.inv(rtol=2e-3)
+    dense = np.kron(A, B) * 1e-3
+    # rounding C to the dtype moves the denominators by u·‖A⊗B‖, i.e. by 10³·u relative to 10⁻³
+    assert_close(op.inv(rtol=5e-4).to_dense(), np.linalg.inv(dense), dtype=dtype,
+                 bound=10 * 1e3 * np.linalg.cond(dense), label="KronDiff(near-singular)")
+
+
+def test_default_rtol_is_a_hundred_machine_epsilons_of_the_dtype():
+    # denominators 10⁻⁸: far above 100·eps in float64 (2.2e-14), below it in float32 (1.2e-5)
+    rng = np.random.default_rng(18)
+    A, B = spd(rng, 3), spd(rng, 2)
+    C = (1 - 1e-8) * A
+    kl.KronDiff(A, B, C, B).inv()
+    with pytest.raises(kl.SingularDenominatorError, match=r"rtol = 1\.19e-05"):
+        kl.KronDiff(*(M.astype(np.float32) for M in (A, B, A, B))).inv()
+    # rtol=0 accepts any nonzero denominator
+    kl.KronDiff(*(M.astype(np.float32) for M in (A, B, (1 - 1e-3) * A, B))).inv(rtol=0.0)
 
 
 def test_close_to_singular_but_solvable():
@@ -65,7 +96,7 @@ def test_close_to_singular_but_solvable():
     # the difference loses 8 digits to cancellation (relative to A⊗B), in kronlin and in the
     # dense reference alike
     cond = np.linalg.cond(np.kron(A, B)) / 1e-8
-    assert_close(x, np.linalg.solve(dense, v), dtype="float64", cond=cond, label="KronDiff(near-singular)")
+    assert_close(x, np.linalg.solve(dense, v), dtype="float64", bound=10 * cond, label="KronDiff(near-singular)")
 
 
 def test_errors():
@@ -105,7 +136,8 @@ def test_float32_eigh_failure_retries_in_float64(monkeypatch):
         inv = kl.KronDiff(*(M.astype(np.float32) for M in (A, B, C, D))).inv()
     assert inv.dtype == np.float32
     dense = np.kron(A, B) - np.kron(C, D)
-    assert_close(inv.to_dense(), np.linalg.inv(dense), dtype="float32", cond=np.linalg.cond(dense), label="KronDiff")
+    assert_close(inv.to_dense(), np.linalg.inv(dense), dtype="float32", bound=10 * np.linalg.cond(dense),
+                 label="KronDiff")
 
 
 def test_eigh_failure_in_float64_raises_naming_the_matrix(monkeypatch):
@@ -115,4 +147,40 @@ def test_eigh_failure_in_float64_raises_naming_the_matrix(monkeypatch):
     rng = np.random.default_rng(16)
     A, B = spd(rng, 3), spd(rng, 2)
     with pytest.raises(np.linalg.LinAlgError, match=r"A\^\(-1/2\) C A\^\(-T/2\): eigendecomposition of the \(3, 3\) matrix failed"):
+        kl.KronDiff(A, B, 0.3 * A, 0.3 * B).inv()
+
+
+@pytest.mark.parametrize("position", range(4))
+def test_every_argument_is_checked_and_named(position):
+    rng = np.random.default_rng(19)
+    args = [spd(rng, 3), spd(rng, 2), 0.3 * spd(rng, 3), 0.3 * spd(rng, 2)]
+    name = "ABCD"[position]
+    bad = list(args)
+    bad[position] = args[position].tolist()
+    with pytest.raises(TypeError, match=f"^{name}: expected a NumPy array or a torch tensor, got list$"):
+        kl.KronDiff(*bad)
+    # one float64 argument among float32 ones promotes the operator
+    mixed = [M.astype(np.float32) for M in args]
+    mixed[position] = args[position]
+    assert kl.KronDiff(*mixed).dtype == np.float64
+
+
+def test_shape_errors_and_the_inverse_declaration():
+    rng = np.random.default_rng(20)
+    A, B = spd(rng, 3), spd(rng, 2)
+    with pytest.raises(ValueError, match=r"^D: expected shape \(2, 2\) \(as B\), got \(3, 3\)$"):
+        kl.KronDiff(A, B, A, A)
+    inv = kl.KronDiff(A, B, 0.3 * A, 0.3 * B).inv()
+    assert inv.orthonormal is False  # K₁ ⊗ K₂ is A-orthogonal, not orthogonal
+
+
+def test_eigh_failure_names_the_second_pair(monkeypatch):
+    import array_api_compat.numpy as xp_numpy
+
+    real = xp_numpy.linalg.eigh
+    monkeypatch.setattr(xp_numpy.linalg, "eigh",
+                        lambda a: (np.full(len(a), np.nan), np.eye(len(a))) if len(a) == 2 else real(a))
+    rng = np.random.default_rng(21)
+    A, B = spd(rng, 3), spd(rng, 2)
+    with pytest.raises(np.linalg.LinAlgError, match=r"^B\^\(-1/2\) D B\^\(-T/2\): eigendecomposition of the \(2, 2\)"):
         kl.KronDiff(A, B, 0.3 * A, 0.3 * B).inv()

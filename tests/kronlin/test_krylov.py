@@ -8,9 +8,7 @@ import kronlin as kl
 
 from ..conftest import convert, to_numpy
 from .chains import chain
-from .helpers import spd
-
-TOL = {"float64": 1e-9, "float32": 2e-4}
+from .helpers import UNIT_ROUNDOFF, assert_close, spd
 
 
 def problems(backend, dtype):
@@ -34,9 +32,23 @@ def problems(backend, dtype):
     return out
 
 
-def relative(a, b):
-    a, b = to_numpy(a).astype(np.float64), np.asarray(b, dtype=np.float64)
-    return np.linalg.norm(a - b) / np.linalg.norm(b)
+def residual(dense, x, b):
+    """``‖b − A x‖ / ‖b‖`` on the float64 dense twin: the true residual, not CG's recurrence."""
+    x = to_numpy(x).astype(np.float64)
+    return np.linalg.norm(b - dense @ x) / np.linalg.norm(b)
+
+
+def solution_bound(dense, dtype, *residuals):
+    """A posteriori (Higham §7.1): ``‖x − x*‖/‖x*‖ ≤ cond(A)·‖b − A x‖/‖b‖`` for each solution, so
+    two solutions differ by at most ``cond(A)`` times the sum of their residuals; in units of the
+    dtype's ``u``, plus the rounding of the result to the dtype."""
+    return 1 + np.linalg.cond(dense) * sum(residuals) / UNIT_ROUNDOFF[dtype]
+
+
+def recurrence_bound(dense, dtype, rtol):
+    """CG stops on its recurrence residual ``< rtol``; the true residual differs from it by the
+    rounding of ``A x`` and of the updates, of order ``n·cond(A)·u`` (Greenbaum 1997, §7.3)."""
+    return rtol / UNIT_ROUNDOFF[dtype] + dense.shape[0] * np.linalg.cond(dense)
 
 
 @pytest.mark.parametrize("name", ["Kron", "damped inverse", "lazy sum", "BlockTridiagInverse"])
@@ -50,9 +62,14 @@ def test_cg_matches_scipy_on_the_numpy_twin(backend, dtype, name):
     assert info == info_ref == 0
     assert type(x) is type(convert(b, backend, dtype)) and tuple(x.shape) == b.shape
     assert str(x.dtype).endswith(dtype)
-    cond = np.linalg.cond(twin.to_dense())
-    assert relative(x, x_ref) <= 10 * rtol * cond
-    assert relative(x, np.linalg.solve(twin.to_dense(), b)) <= 10 * rtol * cond
+    dense = twin.to_dense()
+    assert_close(dense @ to_numpy(x).astype(np.float64), b, dtype=dtype, label="cg residual",
+                 bound=recurrence_bound(dense, dtype, rtol))
+    r, r_ref = residual(dense, x, b), residual(dense, x_ref, b)
+    assert_close(x, x_ref, dtype=dtype, bound=solution_bound(dense, dtype, r, r_ref), label="cg")
+    # np.linalg.solve is backward stable: within cond(A)·n·u of x*
+    assert_close(x, np.linalg.solve(dense, b), dtype=dtype, label="cg",
+                 bound=solution_bound(dense, dtype, r) + dense.shape[0] * np.linalg.cond(dense))
 
 
 def test_cg_iterates_as_scipy_does():
@@ -63,8 +80,13 @@ def test_cg_iterates_as_scipy_does():
     kl.linalg.cg(op, b, rtol=1e-8, callback=lambda x: ours.append(x.copy()))
     spla.cg(twin.to_scipy(), b, rtol=1e-8, callback=lambda x: theirs.append(x.copy()))
     assert len(ours) == len(theirs) > 5
-    for a, c in zip(ours[:5], theirs[:5], strict=True):  # later, rounding differences grow
-        np.testing.assert_allclose(a, c, rtol=1e-9)
+    # iterate i is p_i(A) b for a polynomial of degree i whose coefficients come from inner
+    # products: to first order an apply's rounding (its bound) reaches it amplified by at most
+    # cond(A) per iteration; later, rounding differences grow
+    dense = twin.to_dense()
+    apply = sum(f.shape[1] for f in op.factors) + 2 * len(op.factors) + 1  # test_kron.kron_bound
+    for i, (a, c) in enumerate(zip(ours[:5], theirs[:5], strict=True), start=1):
+        assert_close(a, c, dtype="float64", bound=apply * i * np.linalg.cond(dense), label="cg iterates")
 
 
 def test_cg_with_block_x0_preconditioner_and_zero_column(backend):
@@ -86,8 +108,13 @@ def test_cg_with_block_x0_preconditioner_and_zero_column(backend):
     for j in (0, 2):
         x_ref, info_ref = spla.cg(twin.to_scipy(), Bm[:, j], x0=X0[:, j], M=M_numpy.to_scipy(), rtol=rtol)
         assert info_ref == 0
-        assert relative(to_numpy(X)[:, j], x_ref) < 1e-8
-        assert relative(to_numpy(X)[:, j], np.linalg.solve(dense, Bm[:, j])) < 1e-8
+        x, b = to_numpy(X)[:, j], Bm[:, j]
+        r, r_ref = residual(dense, x, b), residual(dense, x_ref, b)
+        assert_close(dense @ x, b, dtype="float64", bound=recurrence_bound(dense, "float64", rtol),
+                     label="cg residual")
+        assert_close(x, x_ref, dtype="float64", bound=solution_bound(dense, "float64", r, r_ref), label="cg")
+        assert_close(x, np.linalg.solve(dense, b), dtype="float64", label="cg",
+                     bound=solution_bound(dense, "float64", r) + dense.shape[0] * np.linalg.cond(dense))
     np.testing.assert_array_equal(to_numpy(X)[:, 1], 0.0)
     # with the exact inverse as preconditioner, CG converges in one iteration
     exact = kl.Kron(A, B, C).eigh().shift(0.5).inv()
@@ -103,7 +130,10 @@ def test_cg_reports_unconverged_runs_as_scipy():
     x, info = kl.linalg.cg(op, b, rtol=1e-12, maxiter=3)
     x_ref, info_ref = spla.cg(twin.to_scipy(), b, rtol=1e-12, maxiter=3)
     assert info == info_ref == 3
-    np.testing.assert_allclose(x, x_ref, rtol=1e-10)
+    # the third iterate of the same recurrence (see test_cg_iterates_as_scipy_does)
+    apply = sum(f.shape[1] for f in op.factors) + 2 * len(op.factors) + 1
+    assert_close(x, x_ref, dtype="float64", bound=apply * 3 * np.linalg.cond(twin.to_dense()),
+                 label="cg iterates")
 
 
 @pytest.mark.parametrize("which", ["LM", "LA", "SA"])
@@ -115,12 +145,18 @@ def test_lanczos_matches_eigsh_on_the_numpy_twin(backend, dtype, name, which):
     w_ref = spla.eigsh(twin.to_scipy(), k, which=which, return_eigenvectors=False)
     assert type(w) is type(V) and tuple(V.shape) == (op.shape[0], k)
     assert str(w.dtype).endswith(dtype)
-    scale = np.abs(w_ref).max()
-    np.testing.assert_allclose(to_numpy(w), np.sort(w_ref), atol=TOL[dtype] * scale)
-    Vn, dense = to_numpy(V).astype(np.float64), twin.to_dense()
-    np.testing.assert_allclose(Vn.T @ Vn, np.eye(k), atol=10 * TOL[dtype])
-    residual = dense @ Vn - Vn * to_numpy(w)
-    assert np.linalg.norm(residual) <= 100 * TOL[dtype] * scale
+    Vn, dense, wn = to_numpy(V).astype(np.float64), twin.to_dense(), to_numpy(w).astype(np.float64)
+    n, norm, u = dense.shape[0], np.linalg.norm(dense, 2), UNIT_ROUNDOFF[dtype]
+    # Ritz pairs: converged to lanczos's tolerance (u·|θ|, ARPACK's rule), plus the rounding of
+    # the applies (the operator's bound, at most n·cond here) and of the basis (n·u per vector)
+    R = dense @ Vn - Vn * wn
+    assert np.linalg.norm(R) <= (np.sqrt(k) + 2 * n * np.sqrt(k) * np.linalg.cond(dense)) * u * norm
+    # Gram–Schmidt twice against the basis: n·u per inner product
+    assert_close(Vn.T @ Vn, np.eye(k), dtype=dtype, bound=n * k, label="lanczos basis")
+    # symmetric A: |θ − λ| ≤ ‖A v − θ v‖ / ‖v‖ (Parlett, Thm 4.5.1) for the Ritz value, and SciPy's
+    # ARPACK within n·u·‖A‖ of the eigenvalues of the float64 twin
+    bound = (np.linalg.norm(R) / u + n * np.sqrt(k) * norm) / np.linalg.norm(w_ref) + 1
+    assert_close(w, np.sort(w_ref), dtype=dtype, bound=bound, label="lanczos")
 
 
 def test_lanczos_restarts_and_start_vector():
@@ -129,8 +165,10 @@ def test_lanczos_restarts_and_start_vector():
     op = kl.Kron(A, B)  # n = 300, a small basis forces many thick restarts
     v0 = rng.standard_normal(300)
     w = kl.linalg.lanczos(op, 4, which="LA", ncv=9, v0=v0, return_eigenvectors=False)
-    np.testing.assert_allclose(w, np.sort(spla.eigsh(op.to_scipy(), 4, which="LA", return_eigenvectors=False)),
-                               rtol=1e-10)
+    # both converged to u·|θ| (ARPACK's rule) on the same operator: 2·u apart, plus the applies'
+    # rounding (n·u·‖A‖ through the Ritz residuals)
+    assert_close(w, np.sort(spla.eigsh(op.to_scipy(), 4, which="LA", return_eigenvectors=False)),
+                 dtype="float64", bound=2 + 2 * 300, label="lanczos")
     with pytest.raises(kl.LinAlgError, match=r"lanczos: no convergence of 4 eigenpairs \(SA\) in 2 restarts"):
         kl.linalg.lanczos(op, 4, which="SA", ncv=6, maxiter=2)
 
@@ -141,10 +179,12 @@ def test_lanczos_invariant_subspaces_and_dense_input():
     Q = np.linalg.qr(np.random.default_rng(17).standard_normal((6, 6)))[0]
     dense = Q @ np.diag(values) @ Q.T
     w, V = kl.linalg.lanczos(dense, 3, which="LA", v0=Q[:, 0], ncv=5)
-    np.testing.assert_allclose(w, [3.0, 5.0, 5.0], rtol=1e-12)
-    np.testing.assert_allclose(dense @ V, V * w, atol=1e-10)
+    # converged to u·|θ|, plus the rounding of the dense applies (n·u·‖A‖) and of Q (n·u)
+    assert_close(w, [3.0, 5.0, 5.0], dtype="float64", bound=1 + 2 * 6, label="lanczos")
+    assert_close(dense @ V, V * w, dtype="float64", bound=2 * 6 * np.linalg.cond(dense), label="lanczos")
     w = kl.linalg.lanczos(kl.Kron(np.eye(4), np.eye(3)), 2, return_eigenvectors=False)
-    np.testing.assert_allclose(w, [1.0, 1.0])
+    # the identity: exact applies; the Rayleigh quotients of normalized vectors round (n·u)
+    assert_close(w, [1.0, 1.0], dtype="float64", bound=2 * 12, label="lanczos")
 
 
 def test_krylov_errors(backend):

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.linalg
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,7 +25,8 @@ from kronlin._plan import KERNELS, KronPlan, groupings
 
 from ..conftest import HAS_CUDA, convert, to_numpy
 from .chains import chain
-from .helpers import assert_close, spd
+from .helpers import assert_close, product_condition, spd
+from .test_kron import kron_bound, kron_eigen_bound
 
 shapes_strategy = st.lists(st.tuples(st.integers(1, 9), st.integers(1, 9)), min_size=1, max_size=5)
 
@@ -71,12 +73,13 @@ def test_matches_dense_kron_numpy(layout, kernel, transpose, k, dtype):
     dense = dense_kron(factors)
     dense = dense.T if transpose else dense
     X = LAYOUTS[layout](rng.standard_normal((dense.shape[1], k)).astype(dtype))
+    bound = kron_bound(factors) * product_condition(dense, X)
     for want in (None, "row", "column", "any"):
         Y = kron_matmat(np, [f.astype(dtype) for f in factors], X, transpose=transpose, kernel=kernel,
                         layout=want)
         assert Y.dtype == np.dtype(dtype)
         assert Y.shape == (dense.shape[0], k)
-        assert_close(Y, dense @ X.astype(np.float64), dtype=dtype, cond=10, label="kron_matmat")
+        assert_close(Y, dense @ X.astype(np.float64), dtype=dtype, bound=bound, label="kron_matmat")
         if k > 1 and want in ("row", "column"):
             assert Y.flags["C_CONTIGUOUS" if want == "row" else "F_CONTIGUOUS"], (kernel, want)
         if k > 1 and want is None and layout != "strided":
@@ -92,12 +95,14 @@ def test_every_grouping_of_every_kernel_matches_dense_kron(kernel):
     Xt = rng.standard_normal((dense.shape[0], 6))
     found = list(groupings([f.shape for f in factors]))
     assert len(found) == 2 ** (len(factors) - 1)  # all small: every split into runs is allowed
+    check = lambda Y, A, Z: assert_close(Y, A @ Z, dtype="float64", label="kron_matmat",  # noqa: E731
+                                         bound=kron_bound(factors) * product_condition(A, Z))
     for groups in found:
         engine = KronMatmat(np, factors, KronPlan(kernel, groups))
         for Z in (X, np.asfortranarray(X)):
-            np.testing.assert_allclose(engine(Z), dense @ X, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(engine(Xt, transpose=True), dense.T @ Xt, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(engine(X[:, :1]), dense @ X[:, :1], rtol=1e-12, atol=1e-12)
+            check(engine(Z), dense, X)
+        check(engine(Xt, transpose=True), dense.T, Xt)
+        check(engine(X[:, :1]), dense, X[:, :1])
 
 
 @pytest.mark.parametrize("layout", ["row-major", "column-major"])
@@ -109,7 +114,8 @@ def test_matches_dense_kron_every_backend(backend, dtype, layout):
     xp = _backend.namespace(Xb)
     Y = kron_matmat(xp, [convert(f, backend, dtype) for f in factors], Xb)
     assert str(Y.dtype).endswith(dtype)
-    assert_close(Y, dense_kron(factors) @ X, dtype=dtype, cond=10, label="kron_matmat")
+    bound = kron_bound(factors) * product_condition(dense_kron(factors), X)
+    assert_close(Y, dense_kron(factors) @ X, dtype=dtype, bound=bound, label="kron_matmat")
 
 
 def test_column_major_block_gives_column_major_result_without_copies():
@@ -119,7 +125,9 @@ def test_column_major_block_gives_column_major_result_without_copies():
     X3 = rng.standard_normal((7, 3, 2))  # seven 3×2 matrices, row-major
     Y = kron_matmat(np, [A, B], X3.reshape(7, 6).T)
     assert Y.flags.f_contiguous
-    np.testing.assert_allclose(Y.T.reshape(7, 4, 5), A @ X3 @ B.T, rtol=1e-12)
+    X = X3.reshape(7, 6).T
+    assert_close(Y.T.reshape(7, 4, 5), A @ X3 @ B.T, dtype="float64",
+                 bound=kron_bound([A, B]) * product_condition(np.kron(A, B), X), label="kron_matmat")
 
 
 @pytest.mark.parametrize("kernel", ["auto", *KERNELS])
@@ -130,7 +138,10 @@ def test_float32_many_small_factors_stay_float32(kernel):
     Y = kl.Kron(*factors, kernel=kernel) @ X
     assert Y.dtype == np.float32
     reference = kron_matmat(np, [f.astype(np.float64) for f in factors], X.astype(np.float64), kernel="modes")
-    assert_close(Y, reference, dtype="float32", cond=10, label="kron_matmat")
+    # the reference applies the same float32 values in float64: only the accumulation differs
+    absolute = kron_matmat(np, [np.abs(f).astype(np.float64) for f in factors], np.abs(X).astype(np.float64))
+    kappa = np.linalg.norm(absolute) / np.linalg.norm(reference)  # ‖|F||X|‖ / ‖F X‖
+    assert_close(Y, reference, dtype="float32", bound=kron_bound(factors) * kappa, label="kron_matmat")
 
 
 def test_float64_operand_of_a_float32_operator_promotes_in_every_kernel():
@@ -138,7 +149,7 @@ def test_float64_operand_of_a_float32_operator_promotes_in_every_kernel():
     for kernel in KERNELS:
         Y = kl.Kron(*factors, kernel=kernel) @ np.ones((9, 4))
         assert Y.dtype == np.float64
-        np.testing.assert_allclose(Y, 4.0)
+        np.testing.assert_array_equal(Y, 4.0)  # 2·2·1, exact
 
 
 def test_kernel_argument_errors():
@@ -157,12 +168,13 @@ def test_kernel_argument_errors():
 
 def _operators(rng, backend, dtype):
     A, B = spd(rng, 4), spd(rng, 3)
+    factors = [spd(rng, 3) for _ in range(4)]
     diag, offdiag = chain(rng, [3, 4, 2], [2, 3, 3])
     c = lambda M: convert(M, backend, dtype)  # noqa: E731
     kron = kl.Kron(c(A), c(B))
     return {
         "Kron": kron,
-        "Kron (4 factors)": kl.Kron(*(c(spd(rng, 3)) for _ in range(4))),
+        "Kron (4 factors)": kl.Kron(*map(c, factors)),
         "KronEigen": kron.eigh().shift(0.1).inv(),
         "KronDiff": kl.KronDiff(c(A), c(B), c(0.3 * A), c(0.2 * B)),
         "KronDiff.inv": kl.KronDiff(c(A), c(B), c(0.3 * A), c(0.2 * B)).inv(),
@@ -170,7 +182,38 @@ def _operators(rng, backend, dtype):
         "BlockTridiagInverse": kl.BlockTridiagInverse(
             [tuple(map(c, p)) for p in diag], [tuple(map(c, p)) for p in offdiag]
         ),
+    }, _dense_operators(A, B, factors, diag, offdiag)
+
+
+def _dense_operators(A, B, factors, diag, offdiag):
+    """The dense float64 matrices of :func:`_operators`, from np.kron and np.linalg alone."""
+    from .test_block_tridiag import reference_inverse
+
+    K = np.kron(A, B)
+    difference = K - np.kron(0.3 * A, 0.2 * B)
+    dense = {
+        "Kron": K,
+        "Kron (4 factors)": dense_kron(factors),
+        "KronEigen": np.linalg.inv(K + 0.1 * np.eye(len(K))),
+        "KronDiff": difference,
+        "KronDiff.inv": np.linalg.inv(difference),
+        "BlockDiag": scipy.linalg.block_diag(np.linalg.inv(K), A),
+        "BlockTridiagInverse": reference_inverse(diag, offdiag),
     }
+    # error bounds in units of u for X with κ(A, X) = 1 (multiplied by it in the test): exact
+    # representations err by their applies; factorizations by their setup times cond
+    cond = {name: np.linalg.cond(M) for name, M in dense.items()}
+    bounds = {
+        "Kron": kron_bound([A, B]),
+        "Kron (4 factors)": kron_bound(factors),
+        "KronEigen": kron_eigen_bound([A, B]) * cond["KronEigen"],
+        "KronDiff": 18.0,
+        "KronDiff.inv": 10 * cond["KronDiff.inv"],
+        "BlockDiag": kron_bound([A, B]) * (np.linalg.cond(A) + np.linalg.cond(B)),
+        "BlockTridiagInverse": cond["BlockTridiagInverse"],
+    }
+    absolute = {"KronDiff": np.abs(K) + np.abs(np.kron(0.3 * A, 0.2 * B))}
+    return dense, bounds, absolute
 
 
 @pytest.mark.cuda
@@ -178,7 +221,7 @@ def _operators(rng, backend, dtype):
 def test_cuda_apply_paths_never_synchronize_with_the_host(dtype):
     import torch
 
-    ops = _operators(np.random.default_rng(3), "cuda", dtype)
+    ops, _ = _operators(np.random.default_rng(3), "cuda", dtype)
     blocks = {name: convert(np.ones((op.shape[1], 5)), "cuda", dtype) for name, op in ops.items()}
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any implicit device→host sync now raises
@@ -190,14 +233,14 @@ def test_cuda_apply_paths_never_synchronize_with_the_host(dtype):
         torch.cuda.set_sync_debug_mode("default")
 
 
-def test_apply_paths_agree_across_backends(backend, dtype):
-    # the same inputs through the NumPy and the torch/CUDA engines
-    ops = _operators(np.random.default_rng(4), backend, dtype)
-    ref = _operators(np.random.default_rng(4), "numpy", "float64")
+def test_apply_paths_match_dense_oracles_on_every_backend(backend, dtype):
+    # every operator through the NumPy and the torch/CUDA engines, against np.kron/np.linalg
+    ops, (dense, bounds, absolute) = _operators(np.random.default_rng(4), backend, dtype)
     for name, op in ops.items():
         X = np.random.default_rng(5).standard_normal((op.shape[1], 3))
-        expected = ref[name] @ X
-        assert_close(op @ convert(X, backend, dtype), expected, dtype=dtype, cond=1e3, label="apply " + name)
+        bound = bounds[name] * product_condition(dense[name], X, absolute.get(name))
+        assert_close(op @ convert(X, backend, dtype), dense[name] @ X, dtype=dtype, bound=bound,
+                     label="apply " + name)
 
 
 # -- plans, the cost model and the threaded batches ------------------------------------------------
@@ -216,7 +259,7 @@ def test_split_batch_is_the_batched_matmul():
 def test_transposed_copy_on_every_backend(backend, dtype):
     A = np.random.default_rng(7).standard_normal((37, 5))
     out = transposed_copy(_backend.namespace(convert(A, backend, dtype)), convert(A, backend, dtype))
-    np.testing.assert_allclose(to_numpy(out), A.T.astype(dtype))
+    np.testing.assert_array_equal(to_numpy(out), A.T.astype(dtype))  # a copy: exact
     assert tuple(out.shape) == (5, 37)
 
 
@@ -233,8 +276,9 @@ def test_plans_follow_the_kernel_argument(backend):
     K = kl.Kron(*factors, kernel=fixed)
     assert (K.plan(3).kernel, K.plan(3).groups) == ("modes", ((0, 1), (2,)))
     assert str(K.plan(3)).startswith("modes [F1⊗F2, F3] (estimated ")
-    x = convert(np.ones(64), backend, "float64")
-    assert_close(K @ x, dense_kron([np.eye(4) + 0.1] * 3) @ np.ones(64), dtype="float64", cond=10)
+    x, dense = np.ones(64), dense_kron([np.eye(4) + 0.1] * 3)
+    assert_close(K @ convert(x, backend, "float64"), dense @ x, dtype="float64", label="kron_matmat",
+                 bound=kron_bound([np.eye(4)] * 3) * product_condition(dense, x))
     with pytest.raises(ValueError, match="k: expected a positive integer, got 0"):
         K.plan(0)
 
@@ -275,12 +319,15 @@ def test_choose_returns_the_cheapest_estimate(shapes, k, dtype, backend, column_
 
 def test_kron_eigen_keeps_the_operand_layout_without_copies_in_between():
     rng = np.random.default_rng(8)
-    E = kl.Kron(spd(rng, 6), spd(rng, 5)).eigh().shift(0.1)
+    A, B = spd(rng, 6), spd(rng, 5)
+    E = kl.Kron(A, B).eigh().shift(0.1)
     X = rng.standard_normal((30, 7))
-    dense = E.to_dense()
+    dense = np.kron(A, B) + 0.1 * np.eye(30)
     for Z in (X, np.asfortranarray(X)):
         Y = E @ Z
-        np.testing.assert_allclose(Y, dense @ X, rtol=1e-10, atol=1e-12)
+        # the eigendecomposition's error times cond, as for "KronEigen" in _dense_operators
+        assert_close(Y, dense @ X, dtype="float64", label="apply KronEigen",
+                     bound=kron_eigen_bound([A, B]) * np.linalg.cond(dense))
         assert Y.flags.c_contiguous == Z.flags.c_contiguous
 
 
@@ -306,4 +353,5 @@ def test_scratch_buffers_do_not_change_results(monkeypatch, kernel):
     for X in (rng.standard_normal((dense.shape[1], 5)), rng.standard_normal((5, dense.shape[1])).T):
         for layout in (None, "row", "column"):
             Y = KronMatmat(np, factors, kernel)(X, layout=layout)
-            np.testing.assert_allclose(Y, dense @ X, rtol=1e-12, atol=1e-12)
+            assert_close(Y, dense @ X, dtype="float64", label="kron_matmat",
+                         bound=kron_bound(factors) * product_condition(dense, X))

@@ -10,13 +10,19 @@ from hypothesis import strategies as st
 from kronlin import _mode_numba
 from kronlin._mode import application_order, kron_matmat
 
-TOL = {"float64": 1e-12, "float32": 2e-5}
+from .helpers import UNIT_ROUNDOFF
 
 
-def assert_matches(result, reference, dtype):
-    scale = max(float(np.abs(reference).max()), 1.0)
+def assert_matches(result, reference, magnitude, depth, dtype):
+    """``|result − reference| ≤ 2·depth·u·magnitude`` entrywise.
+
+    Both sides sum ``depth`` products per entry in the working dtype, in different orders: each
+    is within ``γ_depth·|F||T|`` of the exact product (Higham, Thm 3.5); ``magnitude`` is that
+    ``|F||T|``, computed by the reference expression on absolute values.
+    """
     assert result.dtype == np.dtype(dtype)
-    np.testing.assert_allclose(result, reference, rtol=0, atol=TOL[dtype] * scale * 10)
+    excess = np.abs(result.astype(np.float64) - reference) - 2 * depth * UNIT_ROUNDOFF[dtype] * magnitude
+    assert excess.max() <= 0, f"error exceeds the bound by {excess.max():.3g}"
 
 
 @pytest.mark.parametrize("hi_first", [False, True])
@@ -30,7 +36,8 @@ def test_pair_product_is_two_mode_products(P, lo, hi, Q, width, hi_first, dtype)
     out = np.full((P, lo[0], hi[0], Q), np.nan, dtype)
     rows = max(lo[1] * hi[0], lo[0] * hi[1])
     _mode_numba.pair_product(F_lo, F_hi, hi_first, T, out, np.empty((4, rows * width), dtype))
-    assert_matches(out, np.einsum("ia,jb,pabq->pijq", F_lo, F_hi, T), dtype)
+    assert_matches(out, np.einsum("ia,jb,pabq->pijq", F_lo, F_hi, T),
+                   np.einsum("ia,jb,pabq->pijq", abs(F_lo), abs(F_hi), abs(T)), lo[1] + hi[1], dtype)
 
 
 def reference_chain(factors, X):
@@ -49,7 +56,8 @@ def test_chain_matches_reference_for_any_factors(shapes, k, dtype, seed):
     factors = [rng.standard_normal(s).astype(dtype) for s in shapes]
     X = rng.standard_normal((math.prod(c for _, c in shapes), k)).astype(dtype)
     Y = _mode_numba.kron_matmat(factors, X, application_order(shapes))
-    assert_matches(Y, reference_chain(factors, X), dtype)
+    assert_matches(Y, reference_chain(factors, X), reference_chain([abs(f) for f in factors], abs(X)),
+                   sum(c for _, c in shapes), dtype)
 
 
 def test_four_small_factors_run_as_two_pair_passes():
@@ -73,8 +81,9 @@ def test_numba_kernel_through_the_engine_matches_blas():
     rng = np.random.default_rng(7)
     factors = [rng.standard_normal((16, 16)) for _ in range(4)]
     X = rng.standard_normal((16**4, 64))
+    magnitude = kron_matmat(np, [abs(f) for f in factors], abs(X), kernel="modes")
     assert_matches(kron_matmat(np, factors, X, kernel="numba"), kron_matmat(np, factors, X, kernel="modes"),
-                   "float64")
+                   magnitude, 64, "float64")
 
 
 @pytest.mark.parametrize(("m", "n"), [(1, 1), (3, 70), (33, 31), (64, 64), (100, 7)])

@@ -10,7 +10,8 @@ import kronlin as kl
 
 from ..conftest import HAS_CUDA, convert
 from .chains import chain
-from .helpers import assert_close, spd
+from .helpers import assert_close, product_condition, spd
+from .test_kron import kron_bound
 
 
 def test_algebra_errors():
@@ -59,6 +60,149 @@ def test_device_mismatch_is_reported():
     meta = torch.ones(2, dtype=torch.float64, device="meta")
     with pytest.raises(ValueError, match="x: expected an array on device cpu, got meta"):
         op @ meta
+
+
+def _rectangular():
+    rng = np.random.default_rng(51)
+    A, B = rng.standard_normal((3, 2)), rng.standard_normal((2, 4))
+    return kl.Kron(A, B), np.kron(A, B)
+
+
+ROUNDING = kron_bound([np.ones((3, 2)), np.ones((2, 4))])
+"""The bound of the Kron of :func:`_rectangular` (test_kron.kron_bound: 13, its factors merged)."""
+
+
+def close(result, A, X, rounding=ROUNDING):
+    """``result ≈ A X`` within ``rounding·κ(A, X)·u``."""
+    assert_close(result, A @ X, dtype="float64", bound=rounding * product_condition(A, X), label="operator")
+
+
+def test_vector_methods_accept_a_single_column_and_refuse_more():
+    op, dense = _rectangular()  # 6 × 8
+    x, y = np.arange(8.0), np.arange(6.0)
+    assert op.matvec(x[:, None]).shape == (6, 1)
+    close(op.matvec(x[:, None])[:, 0], dense, x)
+    assert op.rmatvec(y[:, None]).shape == (8, 1)
+    close(op.rmatvec(y[:, None])[:, 0], dense.T, y)
+    close(op.rmatvec(y), dense.T, y)
+    with pytest.raises(ValueError, match=r"^x: expected shape \(8,\), got \(8, 2\)$"):
+        op.matvec(np.ones((8, 2)))
+    with pytest.raises(ValueError, match=r"^x: expected shape \(6,\), got \(6, 2\)$"):
+        op.rmatvec(np.ones((6, 2)))
+    with pytest.raises(ValueError, match=r"^x: expected shape \(6,\) or \(6, k\), got \(8,\)$"):
+        op.rmatvec(x)
+
+
+def test_block_methods_refuse_vectors_naming_X():
+    op, _ = _rectangular()
+    with pytest.raises(ValueError, match=r"^X: expected shape \(8, k\), got \(8,\)$"):
+        op.matmat(np.ones(8))
+    with pytest.raises(ValueError, match=r"^X: expected shape \(6, k\), got \(6,\)$"):
+        op.rmatmat(np.ones(6))
+    with pytest.raises(ValueError, match=r"^X: expected shape \(8,\) or \(8, k\), got \(6, 2\)$"):
+        op.matmat(np.ones((6, 2)))
+    with pytest.raises(ValueError, match=r"^X: expected shape \(6,\) or \(6, k\), got \(8, 2\)$"):
+        op.rmatmat(np.ones((8, 2)))
+
+
+def test_left_multiplication_by_a_vector_and_bad_operands():
+    op, dense = _rectangular()
+    y = np.arange(6.0)
+    out = y @ op
+    assert out.shape == (8,)
+    close(out, dense.T, y)
+    with pytest.raises(ValueError, match=r"^x: expected shape \(6,\) or \(6, k\), got \(8,\)$"):
+        np.ones(8) @ op
+    with pytest.raises(TypeError, match="^x: expected a NumPy array or a torch tensor, got list$"):
+        [1.0] * 6 @ op
+
+
+def test_lazy_algebra_applies_and_keeps_shapes():
+    op, dense = _rectangular()  # 6 × 8
+    x = np.arange(8.0)
+    close((2.0 * op) @ x, 2 * dense, x)
+    close((op + op) @ x, 2 * dense, x, rounding=12)
+    square = kl.Kron(np.eye(3) * 2, np.eye(2))
+    product = square @ op  # (6 × 6) (6 × 8)
+    assert product.shape == (6, 8)
+    close(product @ x, 2 * dense, x, rounding=2 * ROUNDING)
+    assert (op.T @ square).shape == (8, 6)
+
+
+def test_to_dense_keeps_the_operator_dtype():
+    op = kl.Kron(np.eye(2, dtype=np.float32), np.ones((2, 3), np.float32))
+    assert op.to_dense().dtype == np.float32
+    assert (2.0 * op).to_dense().dtype == np.float32
+
+
+def test_to_scipy_forwards_blocks_in_one_call(monkeypatch):
+    op, dense = _rectangular()
+    calls = []
+    for method in ("matmat", "rmatmat"):
+        real = getattr(op, method)
+        monkeypatch.setattr(op, method, lambda X, real=real, method=method: calls.append(method) or real(X))
+    view = op.to_scipy()
+    X = np.ones((8, 5))
+    close(view.matmat(X), dense, X)
+    close(view.rmatmat(np.ones((6, 4))), dense.T, np.ones((6, 4)))
+    assert calls == ["matmat", "rmatmat"]
+
+
+def test_algebra_of_mixed_backends_names_the_operation():
+    torch = pytest.importorskip("torch")
+    a, b = kl.Kron(np.eye(2)), kl.Kron(torch.eye(2, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"^operator sum: mixed array backends \(operator sum\[0\] is numpy"):
+        a + b
+    with pytest.raises(TypeError, match=r"^operator product: mixed array backends \(operator product\[0\] is numpy"):
+        a @ b
+
+
+class _Dense(kl.LinearOperator):
+    """A minimal subclass with no structured transpose: ``.T`` is the generic lazy transpose."""
+
+    def __init__(self, M):
+        super().__init__(M.shape, xp=kl.Kron(M).xp, dtype=M.dtype, device="cpu")
+        self.M = M
+
+    def _matmat(self, X):
+        return self.M @ X
+
+    def _rmatmat(self, X):
+        return self.M.T @ X
+
+
+def test_lazy_transposes_and_adjoint_applies_of_composites():
+    op, dense = _rectangular()  # 6 × 8
+    generic = _Dense(dense)
+    Y, X = np.arange(12.0).reshape(6, 2), np.arange(16.0).reshape(8, 2)
+    assert generic.T.shape == (8, 6) and generic.T.dtype == np.float64 and generic.T.T is generic
+    close(generic.T @ Y, dense.T, Y)
+    close(generic.T.rmatmat(X), dense, X)
+    # rmatmat of sums, scalings and products, and their transposes, against the dense algebra
+    square = kl.Kron(2 * np.eye(3), np.eye(2))
+    for composite, matrix in [
+        (op + generic, 2 * dense), (3.0 * op, 3 * dense), (square @ op, 2 * dense), (square @ generic, 2 * dense),
+    ]:
+        close(composite.rmatmat(Y), matrix.T, Y, rounding=2 * ROUNDING)
+        close(composite.T @ Y, matrix.T, Y, rounding=2 * ROUNDING)
+        close(composite.T.rmatmat(X), matrix, X, rounding=2 * ROUNDING)
+
+
+def test_composites_promote_dtypes_over_all_operands():
+    f32 = kl.Kron(np.eye(2, dtype=np.float32))
+    f64 = kl.Kron(np.eye(2))
+    assert (f32 + f64).dtype == np.float64 and (f64 + f32).dtype == np.float64
+    assert (f32 @ f64).dtype == np.float64 and (f32 + f32).dtype == np.float32
+    assert kl.BlockDiag([f32, f64, f32]).dtype == np.float64
+    assert kl.BlockDiag([f32, f32, f64]).dtype == np.float64
+    single = kl.BlockDiag([f32])
+    assert single.dtype == np.float32 and single.device == "cpu" and single.shape == (2, 2)
+
+
+def test_inverse_refuses_an_inverse_that_overflows():
+    # LAPACK inverts a 1×1 subnormal without complaint; its inverse is inf
+    with pytest.raises(np.linalg.LinAlgError, match=r"^Kron.inv: factors\[0\] is singular to working precision; .* K.eigh\(\).shift\(c\)"):
+        kl.Kron(np.array([[1e-320]])).inv()
 
 
 # -- reprs: the structure, never a private class name -------------------------------------------
@@ -136,7 +280,7 @@ def test_repr_of_a_transpose_without_structure():
             return np.ones((3, 2)) @ X
 
     assert repr(Ones().T) == "<3x2 (Ones)ᵀ (numpy, float64, cpu)>"
-    assert_close(Ones().T.to_dense(), np.ones((3, 2)), dtype="float64")
+    np.testing.assert_array_equal(Ones().T.to_dense(), np.ones((3, 2)))  # sums of ones: exact
 
 
 # -- the scipy.sparse.linalg.LinearOperator protocol ----------------------------------------------
@@ -149,21 +293,30 @@ def test_scipy_protocol_products(backend, dtype):
     x, X = rng.standard_normal(8), rng.standard_normal((8, 3))
     y = rng.standard_normal(6)
     c = lambda a: convert(a, backend, dtype)  # noqa: E731
-    for got, expected in [
-        (K.dot(c(x)), dense @ x), (K.dot(c(X)), dense @ X), (K * c(x), dense @ x), (K * c(X), dense @ X),
-        (K(c(x)), dense @ x), (c(y) * K, y @ dense), (c(y[None]) * K, y[None] @ dense),
-        (K.dot(c(x[:, None])), dense @ x[:, None]), (K.adjoint() @ c(y), dense.T @ y),
-        (K.transpose() @ c(y), dense.T @ y), (K.H @ c(y), dense.T @ y),
+    bound = kron_bound([A, B])  # one apply, in units of u for κ = 1
+    # (result, its expected value, and the matrix and operand whose κ scales the bound)
+    for got, expected, M, Z in [
+        (K.dot(c(x)), dense @ x, dense, x), (K.dot(c(X)), dense @ X, dense, X), (K * c(x), dense @ x, dense, x),
+        (K * c(X), dense @ X, dense, X), (K(c(x)), dense @ x, dense, x), (c(y) * K, y @ dense, dense.T, y),
+        (c(y[None]) * K, y[None] @ dense, dense.T, y), (K.dot(c(x[:, None])), dense @ x[:, None], dense, x),
+        (K.adjoint() @ c(y), dense.T @ y, dense.T, y), (K.transpose() @ c(y), dense.T @ y, dense.T, y),
+        (K.H @ c(y), dense.T @ y, dense.T, y),
     ]:
         assert tuple(got.shape) == expected.shape
-        assert_close(got, expected, dtype=dtype, cond=10)
-    assert_close((K * 2.0).to_dense(), 2 * dense, dtype=dtype)
-    assert_close((0.5 * K).to_dense(), 0.5 * dense, dtype=dtype)
-    assert_close((K.dot(3)).to_dense(), 3 * dense, dtype=dtype)
+        assert_close(got, expected, dtype=dtype, bound=bound * product_condition(M, Z), label="protocol")
+    # scalings by powers of two are exact, by 3 one more rounding
+    assert_close((K * 2.0).to_dense(), 2 * dense, dtype=dtype, bound=bound, label="protocol")
+    assert_close((0.5 * K).to_dense(), 0.5 * dense, dtype=dtype, bound=bound, label="protocol")
+    assert_close((K.dot(3)).to_dense(), 3 * dense, dtype=dtype, bound=bound + 1, label="protocol")
     S = kl.Kron(c(B), c(B))
-    assert_close((K.T * K).to_dense(), dense.T @ dense, dtype=dtype, cond=10)
-    assert_close(K.T.dot(K).to_dense(), dense.T @ dense, dtype=dtype, cond=10)
-    assert_close((S.T * S).to_dense(), np.kron(B, B).T @ np.kron(B, B), dtype=dtype, cond=10)
+    # Aᵀ (A X): two applies, each within the bound of its own condition (as the contract's algebra)
+    assert_close((K.T * K).to_dense(), dense.T @ dense, dtype=dtype, label="protocol",
+                 bound=2 * bound * product_condition(dense.T, dense))
+    assert_close(K.T.dot(K).to_dense(), dense.T @ dense, dtype=dtype, label="protocol",
+                 bound=2 * bound * product_condition(dense.T, dense))
+    BB = np.kron(B, B)
+    assert_close((S.T * S).to_dense(), BB.T @ BB, dtype=dtype, label="protocol",
+                 bound=2 * kron_bound([B, B]) * product_condition(BB.T, BB))
 
 
 def test_addition_with_a_scipy_operator():
@@ -174,12 +327,18 @@ def test_addition_with_a_scipy_operator():
     other = spla.aslinearoperator(M)
     dense = np.kron(A, B)
     x = rng.standard_normal(6)
+    # K x and M x, each within its own dot products' rounding, then one sum: |K| + |M| in κ
+    bound = kron_bound([A, B]) + M.shape[1] + 1
+    absolute = np.abs(dense) + np.abs(M)
     for op, expected in [(K + other, dense + M), (other + K, M + dense), (K - other, dense - M),
                          (other - K, M - dense)]:
         assert isinstance(op, spla.LinearOperator)
-        np.testing.assert_allclose(op @ x, expected @ x, rtol=1e-12)
-        np.testing.assert_allclose(op.rmatvec(x), expected.T @ x, rtol=1e-12)
-    np.testing.assert_allclose((K * other) @ x, dense @ M @ x, rtol=1e-12)
+        assert_close(op @ x, expected @ x, dtype="float64", label="protocol",
+                     bound=bound * product_condition(expected, x, absolute))
+        assert_close(op.rmatvec(x), expected.T @ x, dtype="float64", label="protocol",
+                     bound=bound * product_condition(expected.T, x, absolute.T))
+    assert_close((K * other) @ x, dense @ M @ x, dtype="float64", label="protocol",
+                 bound=bound * product_condition(dense @ M, x, np.abs(dense) @ np.abs(M)))
     with pytest.raises(TypeError, match=r"x: a SciPy LinearOperator; compose with op.to_scipy\(\) @ x"):
         K @ other
 
@@ -193,7 +352,7 @@ def test_torch_operator_with_a_scipy_operator_is_refused():
     with pytest.raises(TypeError, match=r"op.to_scipy\(\) - other"):
         other - K
     view = K.to_scipy() + other  # the documented route
-    np.testing.assert_allclose(view @ np.ones(3), 2 * np.ones(3))
+    np.testing.assert_array_equal(view @ np.ones(3), 2 * np.ones(3))  # I x + I x: exact
 
 
 # -- SciPy views of torch operators, and their error paths ---------------------------------------------
@@ -210,9 +369,13 @@ def test_to_scipy_of_a_cpu_torch_operator_converts_at_the_boundary(dtype):
     x.flags.writeable = False  # SciPy may hand over read-only arrays
     out = view @ x
     assert isinstance(out, np.ndarray)
-    assert_close(out, dense @ x, dtype=dtype, cond=10)
-    assert_close(view.matmat(np.ones((12, 2), dtype)), dense @ np.ones((12, 2)), dtype=dtype, cond=10)
-    assert_close(view.rmatvec(x), dense.T @ x, dtype=dtype, cond=10)
+    bound = kron_bound([A, B])
+    ones = np.ones((12, 2), dtype)
+    assert_close(out, dense @ x, dtype=dtype, bound=bound * product_condition(dense, x), label="to_scipy")
+    assert_close(view.matmat(ones), dense @ ones, dtype=dtype, bound=bound * product_condition(dense, ones),
+                 label="to_scipy")
+    assert_close(view.rmatvec(x), dense.T @ x, dtype=dtype, bound=bound * product_condition(dense.T, x),
+                 label="to_scipy")
     with pytest.raises(ValueError, match="dimension mismatch"):  # SciPy checks shapes first
         view.matvec(np.ones(5, dtype))
     # SciPy's own wrapper cannot take a torch dtype: the documented limitation behind to_scipy()

@@ -134,3 +134,70 @@ class SkipNet(nn.Module):
     def forward(self, x):
         h = torch.tanh(self.l1(x))
         return self.l3(torch.tanh(self.l2(h)) + h)
+
+
+class RepeatColumns(nn.Module):
+    """Output column ``j`` repeated ``repeats[j]`` times: integer per-output weights made cases."""
+
+    def __init__(self, repeats):
+        super().__init__()
+        self.repeats = repeats
+
+    def forward(self, z):
+        return z.repeat_interleave(self.repeats, dim=1)
+
+
+# -- oracles for any block type: Jacobians per parameter tensor --------------------------------
+def parameter_jacobians(model, x) -> dict:
+    """{name: J} with J[n, j, ...] = ∂z_{n,j}/∂p[...] for every trainable parameter p."""
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+    def f(ps):
+        return functional_call(model, ps, (x,)).reshape(x.shape[0], -1)
+
+    return jacrev(f)(params)
+
+
+def kronecker_jacobian(J_weight, J_bias=None) -> torch.Tensor:
+    """The Jacobian w.r.t. the row-major [W.reshape(d_out, -1) | b] of a layer: (n, D, P)."""
+    n, D, d_out = J_weight.shape[:3]
+    parts = [J_weight.reshape(n, D, d_out, -1)]
+    if J_bias is not None:
+        parts.append(J_bias[..., None])
+    return torch.cat(parts, -1).reshape(n, D, -1)
+
+
+def exact_fisher(J, kind, reduction, z) -> torch.Tensor:
+    """s Σ_n J_nᵀ F_R J_n for a Jacobian J of shape (n, D, P) and outputs z (n, D)."""
+    s = reduction_scale(kind, reduction, z.shape[0], z.shape[1])
+    return s * torch.einsum("nip,nij,njq->pq", J, output_fisher(kind, z), J)
+
+
+def model_outputs(model, x):
+    with torch.no_grad():
+        return model(x).reshape(x.shape[0], -1)
+
+
+def kron_quadratic_form(A, G, V) -> torch.Tensor:
+    """vec(V)ᵀ Kron(G, A) vec(V) = Σ V ⊙ (G V A) for a row-major V of shape (d_out, d_a)."""
+    if A.ndim == 1:  # a diagonal factor
+        return (V * (G @ V * A)).sum()
+    return (V * (G @ V @ A)).sum()
+
+
+def layout_jacobian(model, blocks, x) -> torch.Tensor:
+    """∂z/∂θ with θ the blocks' segments in order: row-major [W.reshape(d_out, -1) | b] for the
+    linear and convolution blocks, the parameters flattened and concatenated otherwise; (n, D, P)."""
+    from kronlin_nn.blocks import KroneckerBlock
+
+    J = parameter_jacobians(model, x)
+    names = {id(p): n for n, p in model.named_parameters()}
+    n, D = x.shape[0], next(iter(J.values())).shape[1]
+    columns = []
+    for b in blocks:
+        Js = [J[names[id(p)]] for p in b.params if p is not None]
+        if isinstance(b, KroneckerBlock):
+            columns.append(kronecker_jacobian(*Js))
+        else:
+            columns.append(torch.cat([j.reshape(n, D, -1) for j in Js], 2))
+    return torch.cat(columns, 2)

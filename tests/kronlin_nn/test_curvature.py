@@ -14,8 +14,6 @@ from kronlin_nn.curvature import (
 )
 from kronlin_nn.damping import pi_scales
 
-torch.manual_seed(0)
-
 
 def _joint_moments(dims_a, dims_g, n=200, seed=0):
     """Consistent diagonal and cross moments of random 'activations' and 'gradients'."""

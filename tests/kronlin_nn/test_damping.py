@@ -4,11 +4,13 @@ import pytest
 import torch
 
 from kronlin_nn.damping import (
+    curvature_scale,
     gamma_candidates,
     gamma_decay,
-    initial_damping,
     levenberg_marquardt,
     lm_decay,
+    lm_rest_point,
+    lm_update,
     pi_scales,
 )
 
@@ -70,9 +72,48 @@ def test_gamma_candidates_are_clamped_and_deduplicated():
     assert gamma_candidates(0.1, w, (0.1, 1.0)) == [0.1, 0.1 / w]
 
 
-def test_initial_damping_is_the_largest_kfac_eigenvalue():
+def test_curvature_scale_is_the_largest_kfac_eigenvalue():
     A, G = [_spd(4, 0), _spd(5, 2)], [_spd(3, 1), 0.01 * _spd(2, 3)]
     expected = max(torch.linalg.eigvalsh(a)[-1] * torch.linalg.eigvalsh(g)[-1]
                    for a, g in zip(A, G, strict=True)).item()
-    assert math.isclose(initial_damping(A, G), expected, rel_tol=1e-3)
-    assert initial_damping([torch.zeros(2, 2)], [torch.zeros(2, 2)]) == 1.0
+    assert math.isclose(curvature_scale(A, G), expected, rel_tol=1e-3)
+    assert curvature_scale([torch.zeros(2, 2)], [torch.zeros(2, 2)]) == 1.0
+
+
+LAMS = [10.0**-j for j in range(8)]
+
+
+@pytest.mark.parametrize(("rhos", "decreases", "expected"), [
+    # ρ crosses 3/4 between candidates 2 and 3 (0.9 → 0.5), 3/8 of the way: log-linear there
+    ([1.6, 1.2, 0.9, 0.5, 0.1], [1.0, 2.0, 2.5, 2.6, 1.0], 1e-2 * 10**-0.375),
+    ([1.6, 1.2, 0.76, 0.75, 0.1], [1.0, 2.0, 2.5, 2.6, 1.0], 1e-3),  # 3/4 itself: that candidate
+    # below 1/4, h increased (ρ = −∞) or the step failed (NaN): the candidate before it
+    ([1.6, 1.2, 0.9, 0.2, 0.1], [1.0, 2.0, 2.5, 2.6, 1.0], 1e-2),
+    ([1.6, 0.9, -math.inf, 0.5], [1.0, 2.0, -0.1, 1.5], 1e-1),
+    ([1.6, 0.9, math.nan, 0.5], [1.0, 2.0, math.nan, 1.5], 1e-1),
+    # every ρ > 3/4: the smallest λ before the decrease falls below half the best one, not the
+    # degenerate tiny steps below it (ρ ≈ 1 because the step is short)
+    ([1.97, 1.76, 1.07, 0.83, 0.77, 0.82, 0.90, 0.93], [0.11, 0.7, 1.3, 0.96, 0.41, 0.2, 0.15, 0.13], 1e-3),
+    # every ρ > 3/4 and every candidate productive: the smallest λ
+    ([1.9, 1.5, 0.95, 0.8], [1.0, 1.1, 1.2, 1.2], 1e-3),
+    # the largest λ already stops the walk: keep it (λ then grows by the LM rule)
+    ([0.1, 0.05], [0.5, 0.2], 1.0),
+    ([0.5, 0.05], [0.5, 0.2], 1.0),
+    # nothing decreased h: the largest λ
+    ([-math.inf, -math.inf], [-1.0, -2.0], 1.0),
+])
+def test_lm_rest_point(rhos, decreases, expected):
+    assert lm_rest_point(LAMS[:len(rhos)], rhos, decreases) == pytest.approx(expected, rel=1e-12)
+
+
+def test_lm_update_compounds_consecutive_moves_up_to_the_streak():
+    lam, streak, seen = 1.0, 0, []
+    for rho in (0.9, 2.0, 0.8, 0.8, 0.5, 0.1, math.nan, 0.9):
+        lam, streak = lm_update(lam, rho, 0.5, (0.0, math.inf), streak=streak, max_streak=3)
+        seen.append((lam, streak))
+    assert seen == [(0.5, -1), (0.125, -2), (0.015625, -3), (0.001953125, -4),  # capped at 0.5³
+                    (0.001953125, 0), (0.00390625, 1), (0.015625, 2), (0.0078125, -1)]
+    # max_streak=1 is the paper's rule, and bounds clamp
+    assert lm_update(1.0, 0.9, 0.5, (0.0, math.inf), streak=-5, max_streak=1) == (0.5, -6)
+    assert lm_update(1.0, 0.9, 0.5, (0.8, 2.0), streak=0, max_streak=1) == (0.8, -1)
+    assert levenberg_marquardt(1.0, 0.9, 0.5) == 0.5

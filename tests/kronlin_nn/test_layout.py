@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -39,3 +40,23 @@ def test_kron_convention_of_the_layer_block():
     g = torch.Generator().manual_seed(1)
     G, A, V = (torch.randn(*s, generator=g, dtype=torch.float64) for s in [(4, 4), (3, 3), (4, 3)])
     torch.testing.assert_close(kronlin.Kron(G, A) @ V.reshape(-1), (G @ V @ A.T).reshape(-1))
+
+
+def test_any_block_geometry_and_refusal():
+    torch.manual_seed(0)
+    conv, norm = nn.Conv2d(2, 3, 2).double(), nn.LayerNorm(3).double()
+    layout = ParameterLayout([conv, norm])
+    assert layout.shapes == [(3, 9), (6,)] and layout.size == 33
+    flat = layout.flat_parameters()
+    torch.testing.assert_close(flat[:27].view(3, 9), torch.cat([conv.weight.reshape(3, 8),
+                                                                 conv.bias[:, None]], 1))
+    (W, b), (g, s) = layout.unpack(flat)
+    assert torch.equal(W, conv.weight) and torch.equal(s, norm.bias)
+    names = {id(p): n for n, p in [("w", conv.weight), ("b", conv.bias), ("g", norm.weight),
+                                   ("s", norm.bias)]}
+    rows = layout.named_tensors(torch.stack([flat, 2 * flat]), names)  # K = 2 stacked vectors
+    assert rows["w"].shape == (2, 3, 2, 2, 2) and torch.equal(rows["g"][1], 2 * norm.weight)
+    layout.copy_(2 * flat)
+    torch.testing.assert_close(layout.flat_parameters(), 2 * flat)
+    with pytest.raises(ValueError, match="Tanh has no registered curvature block"):
+        ParameterLayout([nn.Tanh()])

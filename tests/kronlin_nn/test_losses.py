@@ -4,6 +4,7 @@ from torch import nn
 
 from kronlin_nn.losses import predictive_distribution
 
+from .helpers import LOSS_CLASSES
 from .helpers import output_fisher as dense_fisher
 
 N, D = 7, 4
@@ -46,7 +47,7 @@ def test_fisher_sqrt_squares_to_output_fisher(kind):
 @pytest.mark.parametrize("kind", LOSSES)
 def test_fisher_gram_matches_dense(kind):
     loss_fn, z, _ = make(kind)
-    Jt = torch.randn(3, N, D, dtype=torch.float64)
+    Jt = torch.randn(3, N, D, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     gram = predictive_distribution(loss_fn).fisher_gram(z, Jt)
     expected = torch.einsum("kni,nij,lnj->kl", Jt, dense_fisher(kind, z), Jt)
     torch.testing.assert_close(gram, expected)
@@ -74,13 +75,117 @@ def test_probability_targets_for_cross_entropy():
 
 
 def test_rejects_unsupported_losses():
-    with pytest.raises(TypeError, match="loss_fn: expected an instance of"):
+    with pytest.raises(TypeError, match="loss_fn: expected the loss module"):
         predictive_distribution(nn.L1Loss())
+    with pytest.raises(TypeError, match="'cross_entropy'.*nn.CrossEntropyLoss"):
+        predictive_distribution(nn.functional.cross_entropy)
     with pytest.raises(ValueError, match="reduction"):
         predictive_distribution(nn.MSELoss(reduction="none"))
-    with pytest.raises(ValueError, match="weight"):
-        predictive_distribution(nn.CrossEntropyLoss(weight=torch.ones(3)))
-    with pytest.raises(ValueError, match="pos_weight"):
-        predictive_distribution(nn.BCEWithLogitsLoss(pos_weight=torch.ones(3)))
-    with pytest.raises(ValueError, match="label_smoothing"):
-        predictive_distribution(nn.CrossEntropyLoss(label_smoothing=0.1))
+
+
+class _Renamed(nn.CrossEntropyLoss):
+    """A subclass that keeps the forward: it is an nn.CrossEntropyLoss."""
+
+
+class _Focal(nn.CrossEntropyLoss):
+    def forward(self, z, y):
+        return super().forward(z, y) ** 2
+
+
+def test_a_loss_subclass_is_accepted_unless_it_overrides_forward():
+    assert predictive_distribution(_Renamed(reduction="sum")).reduction == "sum"
+    with pytest.raises(TypeError, match="_Focal overrides the forward of nn.CrossEntropyLoss"):
+        predictive_distribution(_Focal())
+
+
+# -- options: the loss's own Hessian and gradient, densely -------------------------------------
+C = D  # classes
+CLASS_WEIGHT = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64)
+OUTPUT_WEIGHT = torch.tensor([1.0, 0.25, 2.0, 0.5], dtype=torch.float64)
+POS_WEIGHT = torch.tensor([3.0, 1.0, 0.5, 2.0], dtype=torch.float64)
+OPTIONS = {
+    "ce-ignore": ("ce", dict(ignore_index=-100)),
+    "ce-ignore-7": ("ce", dict(ignore_index=7)),
+    "ce-weight": ("ce", dict(weight=CLASS_WEIGHT)),
+    "ce-smoothing": ("ce", dict(label_smoothing=0.2)),
+    "ce-weight-smoothing-ignore": ("ce", dict(weight=CLASS_WEIGHT, label_smoothing=0.3)),
+    "ce-probabilities": ("ce-probs", dict(weight=CLASS_WEIGHT, label_smoothing=0.1)),
+    "bce-weight": ("bce", dict(weight=OUTPUT_WEIGHT)),
+    "bce-pos-weight": ("bce", dict(pos_weight=POS_WEIGHT)),
+    "bce-both-soft": ("bce-soft", dict(weight=OUTPUT_WEIGHT[None], pos_weight=POS_WEIGHT)),
+}
+
+
+def _with_options(name, reduction):
+    kind, options = OPTIONS[name]
+    loss_fn = LOSS_CLASSES[kind.split("-")[0]](reduction=reduction, **options)
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(N, D, generator=g, dtype=torch.float64)
+    if kind == "ce":
+        y = torch.randint(0, C, (N,), generator=g)
+        y[[1, 4]] = options.get("ignore_index", -100)  # ignored cases (if the loss ignores any)
+    elif kind == "ce-probs":
+        y = torch.softmax(torch.randn(N, C, generator=g, dtype=torch.float64), 1)
+    elif kind == "bce":
+        y = torch.rand(N, D, generator=g, dtype=torch.float64).round()
+    else:
+        y = torch.rand(N, D, generator=g, dtype=torch.float64)
+    return loss_fn, z, y
+
+
+def _model_curvature(dist, z, y):
+    """(κ/N) Σ_n diag(r_n) F_R,n diag(r_n) with r the weights' output roots, (N·D, N·D)."""
+    r = dist.weights(y, N, z.dtype).outputs
+    r = torch.ones(N, D, dtype=z.dtype) if r is None else r.expand(N, D)
+    B = dist.fisher_sqrt(z) * r[None]  # (D, N, D): columns of diag(r_n) B_n
+    per_case = torch.einsum("kni,knj->nij", B, B)
+    kappa = dist.scale(N, D) * N
+    return torch.block_diag(*(kappa / N * per_case))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", OPTIONS)
+def test_options_give_the_loss_s_own_hessian(name, reduction):
+    """The weighted output curvature equals the loss's Hessian w.r.t. the outputs (dense)."""
+    loss_fn, z, y = _with_options(name, reduction)
+    dist = predictive_distribution(loss_fn)
+    hessian = torch.func.hessian(lambda t: loss_fn(t, y))(z).reshape(N * D, N * D)
+    torch.testing.assert_close(_model_curvature(dist, z, y), hessian, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", ["ce-ignore", "ce-smoothing", "ce-probabilities"])
+def test_empirical_vectors_are_the_per_case_gradients_of_the_loss(name, reduction):
+    loss_fn, z, y = _with_options(name, reduction)
+    if name == "ce-probabilities":
+        loss_fn.weight = None  # the empirical Fisher of a weighted loss is refused
+    dist = predictive_distribution(loss_fn)
+    (grad,) = torch.autograd.grad(loss_fn(z.requires_grad_(), y), z)
+    r = dist.weights(y, N, z.dtype).outputs
+    kappa = dist.scale(N, D) * N
+    torch.testing.assert_close(grad, kappa / N * r**2 * dist.data_grad(z.detach(), y))
+
+
+def test_sub_batch_weights_are_a_weighted_mean_scaled_to_the_batch():
+    loss_fn, _, y = _with_options("ce-weight-smoothing-ignore", "sum")
+    dist = predictive_distribution(loss_fn)
+    cases = dist.case_weights(y, torch.float64)
+    w = dist.weights(y, 3, torch.float64)
+    torch.testing.assert_close(w.inputs.mean(), torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(w.inputs / w.inputs.sum(), cases.curvature[:3] / cases.curvature[:3].sum())
+    # κ/n Σ_{i<n} w_i t  =  Σ_N ρ_n: the sub-batch's weights sum to the batch's total curvature weight
+    kappa = dist.scale(N, D) * N
+    torch.testing.assert_close(kappa / 3 * (w.outputs[:, 0] ** 2).sum(), cases.curvature.sum())
+
+
+def test_options_that_cannot_enter_exactly_are_refused_by_name():
+    with pytest.raises(ValueError, match="fisher='empirical' with loss_fn.weight"):
+        predictive_distribution(nn.CrossEntropyLoss(weight=CLASS_WEIGHT)).check_fisher("empirical")
+    with pytest.raises(ValueError, match="fisher='empirical' with loss_fn.pos_weight"):
+        predictive_distribution(nn.BCEWithLogitsLoss(pos_weight=POS_WEIGHT)).check_fisher(
+            "empirical")
+    dist = predictive_distribution(nn.BCEWithLogitsLoss(weight=torch.ones(N, D)))
+    with pytest.raises(ValueError, match="loss_fn.weight: expected weights broadcast over the cases"):
+        dist.check_output(torch.zeros(N, D))
+    predictive_distribution(nn.BCEWithLogitsLoss(weight=torch.ones(1, D))).check_output(
+        torch.zeros(N, D))

@@ -89,19 +89,20 @@ def _dense_reference(model, kind, reduction, x, y, *, steps, lam, eta, n1, n2):
 
 
 @pytest.mark.parametrize(
-    ("kind", "reduction", "fractions"),
-    [("ce", "mean", (1.0, 1.0)), ("mse", "sum", (1.0, 1.0)), ("bce", "mean", (0.5, 0.75))],
+    ("kind", "reduction", "fractions", "quad_min"),
+    [("ce", "mean", (1.0, 1.0), 1), ("mse", "sum", (1.0, 1.0), 1),
+     ("bce", "mean", (0.5, 0.75), 1), ("bce", "mean", (0.5, 0.25), 5)],
 )
-def test_first_steps_match_a_dense_reimplementation(kind, reduction, fractions):
+def test_first_steps_match_a_dense_reimplementation(kind, reduction, fractions, quad_min):
     m = 8
     x, y = data(kind, m, SIZES[0], SIZES[-1])
     model = tiny_mlp(SIZES)
     reference_model = copy.deepcopy(model)
     lam, eta = 0.3, 1e-3
-    n1, n2 = math.ceil(fractions[0] * m), math.ceil(fractions[1] * m)
+    n1, n2 = math.ceil(fractions[0] * m), max(math.ceil(fractions[1] * m), quad_min)
     opt = KFAC(model, LOSS_CLASSES[kind](reduction=reduction), fisher="exact", damping=lam,
                adapt_damping=False, weight_decay=eta, stats_fraction=fractions[0],
-               quad_fraction=fractions[1])
+               quad_fraction=fractions[1], quad_min_cases=quad_min)
     path = _dense_reference(reference_model, kind, reduction, x, y, steps=3, lam=lam, eta=eta,
                             n1=n1, n2=n2)
     for theta, alpha, mu in path:
@@ -371,7 +372,7 @@ def test_lambda_and_gamma_trajectory_on_linear_least_squares():
     y = torch.randn(64, 5, generator=g, dtype=torch.float64)
     model = nn.Linear(8, 5).double()
     opt = KFAC(model, nn.MSELoss(reduction="sum"), fisher="exact", stats_fraction=1.0,
-               damping=1e4, weight_decay=0.0)
+               damping=1e4, weight_decay=0.0, gamma_rule="greedy", lm_streak=1)
     lambdas, gammas = [], []
     for k in range(1, 21):
         if k == 20:
@@ -463,7 +464,7 @@ def test_default_damping_works_out_of_the_box_for_an_autoencoder():
     opt = KFAC(model, nn.BCEWithLogitsLoss(), approx="tridiag", seed=0)
     history = [opt.step(X, X) for _ in range(30)]
     assert all(s["accepted"] for s in history)
-    assert history[0]["lambda"] > 0 and history[0]["gamma"] == math.sqrt(history[0]["lambda"] + 1e-5)
+    assert history[0]["lambda"] > 0 and history[0]["gamma"] == math.sqrt(history[0]["lambda"])
     losses = [s["loss"] for s in history]
     assert losses[-1] < 0.65 * losses[0]
     assert sum(b > a for a, b in zip(losses, losses[1:], strict=False)) <= 2  # nearly monotone
@@ -545,3 +546,131 @@ def test_cuda_training_and_resume(approx):
     opt2 = KFAC(resumed, nn.CrossEntropyLoss(), approx=approx, stats_fraction=0.5)
     opt2.load_state_dict(saved)
     assert [opt2.step(x, y) for _ in range(5)] == reference
+
+
+# -- the default configuration: λ₀ search, tied γ, units, λ floor ------------------------------
+def _dense_search_rhos(model, loss_fn, kind, x, y, lams):
+    """ρ and the decrease of h of the first block-diagonal step for each λ, densely."""
+    factors = list(kfac_factors(model, loss_fn, x, y, fisher="exact").values())
+    grad = _flat_grad(model, loss_fn, x, y, 0.0)
+    with torch.no_grad():
+        h = loss_fn(model(x), y).item()
+    F = dense_ggn(model, kind, "mean", x)
+    theta, rhos, decreases = flat_params(model), [], []
+    for lam in lams:
+        gamma = math.sqrt(lam)
+        blocks = []
+        for A, G in factors:
+            pi = math.sqrt((A.trace() / A.shape[0]) / (G.trace() / G.shape[0]))
+            blocks.append(torch.kron(G + gamma / pi * torch.eye(G.shape[0], dtype=G.dtype),
+                                     A + gamma * pi * torch.eye(A.shape[0], dtype=A.dtype)))
+        Delta = -torch.linalg.solve(torch.block_diag(*blocks), grad)
+        alpha = -(grad @ Delta) / (Delta @ F @ Delta + lam * Delta @ Delta)
+        predicted = 0.5 * alpha * (grad @ Delta)
+        twin = copy.deepcopy(model)
+        _set_flat(twin, theta + alpha * Delta)
+        with torch.no_grad():
+            h_new = loss_fn(twin(x), y).item()
+        rhos.append(-math.inf if h_new > h else (h_new - h) / predicted.item())
+        decreases.append(h - h_new)
+    return rhos, decreases
+
+
+def test_default_initial_damping_is_the_lm_rest_point_of_a_dense_search():
+    """λ₀ = the grid's λ where the LM rule would rest on the first batch, recomputed densely."""
+    from kronlin_nn.damping import lm_rest_point
+
+    model = tiny_mlp(SIZES)
+    x, y = data("ce", 32, 3, 3)
+    loss_fn = nn.CrossEntropyLoss()
+    factors = kfac_factors(model, loss_fn, x, y, fisher="exact").values()
+    top = max(torch.linalg.eigvalsh(A)[-1] * torch.linalg.eigvalsh(G)[-1] for A, G in factors)
+    lams = [top.item() * 10.0**-j for j in range(9)]
+    rhos, decreases = _dense_search_rhos(copy.deepcopy(model), loss_fn, "ce", x, y, lams)
+    chosen = lm_rest_point(lams, rhos, decreases)
+    assert lams[-2] < chosen < lams[0]  # an interior choice: the search decided something
+    opt = KFAC(model, loss_fn, fisher="exact", stats_fraction=1.0, seed=0)
+    out = opt.step(x, y)
+    assert out["lambda"] == pytest.approx(chosen, rel=1e-3)  # power iteration vs eigvalsh
+    assert out["gamma"] == pytest.approx(math.sqrt(chosen), rel=1e-3)
+    floor, ceiling = opt.state_dict()["damping_bounds"]
+    eps = torch.finfo(torch.float64).eps
+    assert floor == pytest.approx(100 * eps * top.item(), rel=1e-3) and ceiling == math.inf
+
+
+def test_tied_gamma_follows_lambda_at_every_refresh():
+    """γ = √(λ+η) at every refresh: on schedule, or early once √(λ+η) drifted a factor 1/ω₂."""
+    drift = -math.log(0.95**10)
+    model = tiny_mlp(SIZES)
+    x, y = data("mse", 24, 3, 3)
+    opt = KFAC(model, nn.MSELoss(), damping=1.0, weight_decay=1e-3, seed=0, inverse_every=10,
+               damping_every=1)
+    history = [opt.step(x, y) for _ in range(25)]
+    lambdas = [s["lambda"] for s in history]
+    assert max(lambdas) / min(lambdas) > 10  # λ moved over more than one drift
+    early = 0
+    for k, s in enumerate(history, start=1):
+        tied = math.sqrt(s["lambda"] + 1e-3)
+        if s["refreshed"]:
+            assert s["gamma"] == tied
+            early += not (k <= 3 or k % 10 == 0)
+        else:
+            assert k > 3 and k % 10 and s["gamma"] == history[k - 2]["gamma"]
+            assert abs(math.log(tied / s["gamma"])) <= drift
+    assert early > 0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_case_units_convert_damping_and_weight_decay_by_the_loss_scale(reduction):
+    """units="case": λ and η of the per-case summed objective, i.e. κ = sN times in loss units."""
+    model, twin = tiny_mlp(SIZES), tiny_mlp(SIZES)
+    x, y = data("bce", 20, 3, 3)
+    kappa = reduction_scale("bce", reduction, 20, 3) * 20  # 1/D for "mean", N for "sum"
+    loss_fn = nn.BCEWithLogitsLoss(reduction=reduction)
+    opt = KFAC(model, loss_fn, units="case", damping=0.5, weight_decay=1e-3, seed=0)
+    ref = KFAC(twin, loss_fn, damping=0.5 * kappa, weight_decay=1e-3 * kappa, seed=0)
+    for _ in range(6):
+        out, expected = opt.step(x, y), ref.step(x, y)
+        assert out["lambda"] * kappa == pytest.approx(expected["lambda"], rel=1e-12)
+        assert out["loss"] == pytest.approx(expected["loss"], rel=1e-12)
+    torch.testing.assert_close(flat_params(model), flat_params(twin), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("reject", [True, False])
+def test_an_update_that_increases_h_on_a_rho_step_is_not_applied(monkeypatch, reject):
+    model, loss_fn, x, y = _small_problem()
+    opt = KFAC(model, loss_fn, damping=1.0, seed=0, damping_every=2, reject_uphill=reject)
+    assert opt.step(x, y)["accepted"]
+    params, h_before = flat_params(model), 0.0
+
+    def uphill(self, inputs, targets, theta, eta):
+        return h_before + 1.0
+
+    monkeypatch.setattr(KFAC, "_objective", uphill)
+    with torch.no_grad():
+        h_before = loss_fn(model(x), y).item()
+    out = opt.step(x, y)
+    assert out["rho"] == -math.inf
+    assert math.isclose(opt.state_dict()["lambda"], 1.0 / 0.95**2)  # the LM rule grew λ
+    if reject:
+        assert not out["accepted"] and torch.equal(flat_params(model), params)
+        assert opt.state_dict()["delta0"] is None
+    else:  # the paper: every update is applied
+        assert out["accepted"] and not torch.equal(flat_params(model), params)
+
+
+def test_default_lower_bound_of_lambda_is_machine_epsilon_times_the_curvature_scale():
+    """float32: the first LM update lifts a λ₀ far below 100·ε₃₂·λ_top onto that bound."""
+    from kronlin_nn.damping import curvature_scale
+
+    model = tiny_mlp(SIZES, dtype=torch.float32)
+    x, y = data("mse", 24, 3, 3, dtype=torch.float32)
+    loss_fn = nn.MSELoss()
+    factors = list(kfac_factors(model, loss_fn, x, y, fisher="exact").values())
+    top = curvature_scale([A for A, _ in factors], [G for _, G in factors])
+    opt = KFAC(model, loss_fn, fisher="exact", stats_fraction=1.0, damping=1e-20 * top,
+               damping_every=1, seed=0)
+    opt.step(x, y)
+    floor, ceiling = opt.state_dict()["damping_bounds"]
+    assert floor == pytest.approx(100 * torch.finfo(torch.float32).eps * top, rel=1e-2)
+    assert ceiling == math.inf and opt.state_dict()["lambda"] == floor

@@ -5,7 +5,8 @@ import pytest
 import scipy.optimize
 import torch
 
-from kronlin_nn.capture import forward_recorded, supported_layers
+from kronlin_nn.blocks import model_blocks
+from kronlin_nn.capture import forward_recorded
 from kronlin_nn.layout import ParameterLayout
 from kronlin_nn.losses import predictive_distribution
 from kronlin_nn.quadratic import (
@@ -23,7 +24,7 @@ SIZES = [3, 4, 5, 3]
 
 def _setup(bias=True):
     model = tiny_mlp(SIZES, bias=bias)
-    layers = supported_layers(model)
+    layers = model_blocks(model)
     layout = ParameterLayout(layers)
     U = torch.randn(3, layout.size, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     return model, layers, layout, U
@@ -34,7 +35,7 @@ def test_jvps_match_dense_jacobian(bias):
     model, layers, layout, U = _setup(bias)
     x, _ = data("mse", 6, SIZES[0], SIZES[-1])
     expected = torch.einsum("ndp,kp->knd", output_jacobian(model, x), U)
-    _, calls = forward_recorded(model, layers, x)
+    _, calls = forward_recorded(model, [b.module for b in layers], x)
     cached = cached_output_jvps(model, layers, calls, x, layout.unstack(U))
     torch.testing.assert_close(cached, expected)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -44,7 +45,7 @@ def test_jvps_match_dense_jacobian(bias):
         if b is not None:
             tangents[names[id(b)]] = T[:, :, -1]
     torch.testing.assert_close(output_jvps(model, x, tangents), expected)
-    assert "forward" not in layers[0].__dict__  # the patched forwards are gone
+    assert "forward" not in layers[0].module.__dict__  # the patched forwards are gone
 
 
 @pytest.mark.parametrize("kind", ["mse", "bce", "ce"])
@@ -54,7 +55,7 @@ def test_fisher_quadratic_forms_match_dense_ggn(kind, reduction):
     model, layers, layout, U = _setup()
     n = 5
     x, _ = data(kind, n, SIZES[0], SIZES[-1])
-    z, calls = forward_recorded(model, layers, x)
+    z, calls = forward_recorded(model, [b.module for b in layers], x)
     dist = predictive_distribution(LOSS_CLASSES[kind](reduction=reduction))
     Jt = cached_output_jvps(model, layers, calls, x, layout.unstack(U))
     gram = dist.fisher_gram(z.detach(), Jt) * dist.scale(n, z.shape[1])
@@ -105,3 +106,41 @@ def test_reduction_ratio_conventions():
     assert reduction_ratio(0.5, 1.0, -1.0) == 0.5
     assert reduction_ratio(1.5, 1.0, -1.0) == -math.inf  # h increased (authors' code)
     assert math.isnan(reduction_ratio(math.nan, 1.0, -1.0))
+
+
+def test_blocks_without_a_cached_tangent_forward_are_refused():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.PReLU()).double()
+    blocks = model_blocks(model)
+    layout = ParameterLayout(blocks)
+    x, _ = data("mse", 4, 3, 3)
+    _, calls = forward_recorded(model, [b.module for b in blocks], x)
+    with pytest.raises(ValueError, match=r"blocks: \['1'\] have no cached tangent forward; use output_jvps"):
+        cached_output_jvps(model, blocks, calls, x, layout.unstack(torch.zeros(1, layout.size,
+                                                                                dtype=torch.float64)))
+    twice = torch.nn.Sequential(model[0], model[0])  # recorded once, called twice
+    with pytest.raises(RuntimeError, match="called more often in the quadratic model's pass"):
+        cached_output_jvps(twice, blocks[:1], calls[:1], x,
+                           layout.unstack(torch.zeros(1, layout.size, dtype=torch.float64))[:1])
+
+
+def test_first_steps_print_no_warning_in_a_fresh_process():
+    """torch's one-time forward-mode AD set-up warns ~20 times; users see none of it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from torch import nn\n"
+        "from kronlin_nn import KFAC\n"
+        "for approx in ('blockdiag', 'tridiag'):\n"
+        "    torch.manual_seed(0)\n"
+        "    m = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))\n"
+        "    opt = KFAC(m, nn.CrossEntropyLoss(), approx=approx, seed=0)\n"
+        "    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))\n"
+        "    for _ in range(3):\n"
+        "        assert opt.step(x, y)['accepted']\n"
+    )
+    done = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == ""

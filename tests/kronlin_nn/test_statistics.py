@@ -55,3 +55,15 @@ def test_state_dict_round_trip():
 def test_rejects_bad_ema_max():
     with pytest.raises(ValueError, match="ema_max"):
         FactorStatistics(1.0)
+
+
+def test_named_groups_are_averaged_alike_and_must_keep_their_sizes():
+    stats = FactorStatistics(0.5)
+    (A, G, _, _), (A2, G2, _, _) = _batches(2)
+    D, D2 = [torch.ones(4)], [torch.zeros(4)]
+    stats.update(A, G, D=D)
+    stats.update(A2, G2, D=D2)
+    torch.testing.assert_close(stats.groups["D"][0], torch.full((4,), 0.5))
+    assert stats.tensors() == [*stats.A, *stats.G, *stats.A_cross, *stats.G_cross, *stats.groups["D"]]
+    with pytest.raises(ValueError, match=r"update: expected groups of sizes .*'D': 1"):
+        stats.update(A, G)

@@ -8,7 +8,8 @@ from kronlin_nn.experiments.models import autoencoder
 
 
 def test_names_cover_the_cli_contract():
-    assert {"kfac-blockdiag", "kfac-tridiag", "kfac-blockdiag-nomomentum", "sgd"} <= set(METHODS)
+    assert {"kfac-blockdiag", "kfac-tridiag", "kfac-blockdiag-paper", "kfac-tridiag-paper",
+            "kfac-blockdiag-nomomentum", "sgd"} <= set(METHODS)
 
 
 def test_batch_sizes_scaled_to_the_embedded_subset():
@@ -31,12 +32,21 @@ def test_batch_sizes_on_the_full_sets_are_the_papers(problem, n, first, fixed, s
     assert make_method("sgd", setting, sgd_lr=0.01).batch_size(1) == sgd
 
 
-def test_kfac_hyperparameters_are_the_papers_in_mean_loss_units():
-    kwargs = make_method("kfac-tridiag", Setting("mnist", 5000, 784, 3)).settings["kwargs"]
-    assert kwargs["approx"] == "tridiag" and kwargs["momentum"] is True
-    assert kwargs["damping"] == pytest.approx(150 / 784)
-    assert kwargs["weight_decay"] == pytest.approx(1e-5 / 784)
-    assert kwargs["seed"] == 3
+def test_kfac_runs_the_defaults_or_the_papers_recipe():
+    setting = Setting("mnist", 5000, 784, 3)
+    model = autoencoder([6, 4, 2, 4, 6])
+    defaults = make_method("kfac-tridiag", setting)
+    assert defaults.settings["kwargs"] == {"approx": "tridiag", "momentum": True, "seed": 3}
+    assert defaults.settings["recipe"] == "defaults"
+    opt = defaults.make_optimizer(model)
+    assert (opt.units, opt.gamma_rule, opt.param_groups[0]["weight_decay"]) == ("loss", "tied", 0.0)
+    paper = make_method("kfac-tridiag-paper", setting)
+    assert paper.settings["recipe"] == "kronlin_nn.PAPER"
+    opt = paper.make_optimizer(model)
+    assert (opt.approx, opt.units, opt.gamma_rule) == ("tridiag", "case", "greedy")
+    assert (opt.param_groups[0]["weight_decay"], opt.iteration) == (1e-5, 0)
+    assert make_method("kfac-blockdiag-nomomentum", setting).make_optimizer(model).gamma_rule == (
+        "greedy")
 
 
 def test_sgd_step_equals_the_paper_objective_step():

@@ -51,7 +51,7 @@ def test_loop_steps_batches_and_records(setup):
         return steppers[-1]
 
     result = train(_method(make), model, x, budget=1e9, seed=0, polyak_start=3,
-                   max_iterations=6, evaluate_along=False, progress=False)
+                   max_iterations=6, evaluate_along=False, progress=None)
     batches = steppers[0].batches
     assert [b.shape[0] for b in batches] == [4, 5, 6, 7, 8, 9]
     # rows of x, without repetition within a batch
@@ -79,7 +79,7 @@ def test_same_seed_same_batches(setup):
             return stepper["s"]
 
         train(_method(make), model, x, budget=1e9, seed=5, polyak_start=1, max_iterations=3,
-              progress=False)
+              progress=None)
         logs.append(stepper["s"].batches)
     for a, b in zip(*logs, strict=True):
         assert torch.equal(a, b)
@@ -88,10 +88,10 @@ def test_same_seed_same_batches(setup):
 def test_divergence_stops_but_rejected_steps_do_not(setup):
     model, x = setup
     diverged = train(_method(lambda m: Recorder(m, loss=math.nan)), model, x, budget=1e9,
-                     seed=0, polyak_start=1, max_iterations=50, progress=False)
+                     seed=0, polyak_start=1, max_iterations=50, progress=None)
     assert diverged.iterations == 1
     rejected = train(_method(lambda m: Recorder(m, loss=math.nan, accepted=False)), model, x,
-                     budget=1e9, seed=0, polyak_start=1, max_iterations=5, progress=False)
+                     budget=1e9, seed=0, polyak_start=1, max_iterations=5, progress=None)
     assert rejected.iterations == 5
 
 
@@ -102,7 +102,7 @@ def test_time_budget_stops_the_run_and_evaluations_are_untimed(setup):
         return SGDNesterov(m, torch.nn.BCEWithLogitsLoss(), lr=1.0)
 
     result = train(_method(make, batch=lambda k: 20), model, x, budget=0.3, seed=0,
-                   polyak_start=1, progress=False)
+                   polyak_start=1, progress=None)
     assert 0.3 <= result.seconds < 1.0
     assert len(result.records) >= 3
     seconds = [r["seconds"] for r in result.records]

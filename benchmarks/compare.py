@@ -82,7 +82,7 @@ class Case:
 def measure(candidates: dict[str, Callable[[], object]], rounds: int, budget: float,
             slow: float | None = None, pause: float = PAUSE, sample: float = 0.0,
             clock: Callable[[], float] = time.perf_counter) -> dict:
-    """Fastest call of each candidate over interleaved rounds, and its first result.
+    """Fastest call of each candidate over interleaved rounds (in turn first), and its first result.
 
     The first call of each candidate is not timed (compilation, caches), except for a candidate
     slower than ``slow`` seconds (default ``budget``): that one call is its measurement. The
@@ -106,8 +106,11 @@ def measure(candidates: dict[str, Callable[[], object]], rounds: int, budget: fl
             first[name] = clock() - start
     best.update({name: math.inf for name in fast})
     calls = {name: max(1, round(sample / max(first[name], 1e-7))) if sample else 1 for name in fast}
+    order = list(fast.items())
     for r in range(rounds):
-        for name, fn in fast.items():
+        # each round starts with the next candidate: none is always the first after the pause
+        shift = r % max(len(order), 1)
+        for name, fn in order[shift:] + order[:shift]:
             if r == 0 or r < budget / (first[name] * calls[name]):
                 time.sleep(pause)
                 start = clock()

@@ -147,12 +147,20 @@ class KronMatmat:
 
         """
         k = X.shape[1]
-        column_major = k > 1 and is_column_major(X)
-        key = (k, X.dtype, transpose, column_major, layout, thread_count(self._backend))
+        return self.program(k, X.dtype, transpose=transpose, column_major=k > 1 and is_column_major(X),
+                            layout=layout)(X)
+
+    def program(self, k: int, dtype: Any, *, transpose: bool = False, column_major: bool = False,
+                layout: Layout | None = None):
+        """The compiled product for blocks of ``k`` vectors of ``dtype`` and this layout: ``X ↦ Y``.
+
+        Compiled once per kind of block and thread count, then looked up (one dictionary access).
+        """
+        key = (k, dtype, transpose, column_major, layout, thread_count(self._backend))
         run = self._programs.get(key)
         if run is None:
-            run = self._programs[key] = self._compile(k, X.dtype, transpose, column_major, layout)
-        return run(X)
+            run = self._programs[key] = self._compile(k, dtype, transpose, column_major, layout)
+        return run
 
     def _compile(self, k: int, dtype: Any, transpose: bool, column_major: bool, layout: Layout | None):
         """The plan for these blocks as a function of ``X``, every shape worked out in advance.
@@ -167,7 +175,7 @@ class KronMatmat:
         if plan.kernel == "rotate":
             return _rotate_program(self.xp, mats, k, column_major, want)
         if plan.kernel == "numba":
-            return lambda X: _numba(mats, X, column_major, want)
+            return _numba_program(mats, k, dtype, column_major, want)
         return _modes_program(self.xp, mats, k, column_major, want)
 
     def _merged_factors(self, groups: tuple[tuple[int, ...], ...], dtype: Any) -> list[Array]:
@@ -244,6 +252,20 @@ def _rotate_program(xp: ModuleType, mats: list[Array], k: int, column_major: boo
     sizes = _chain_sizes([(F.shape[0], F.shape[1]) for F in (mats if not column_major else mats[::-1])],
                          math.prod(F.shape[1] for F in mats) * k)
     scratch_for = _Scratch.factory(xp, sizes, mats[0].dtype, final_in_scratch=relayout)
+    column = natural == "column"
+
+    if scratch_for is None and not column_major:
+        # the common case of small blocks: nothing per call but the GEMMs and their views
+        def run(X: Array) -> Array:
+            T = X
+            for c, Ft in steps:
+                T = T.reshape(c, -1).T @ Ft
+            Y = T.reshape(k, -1).T
+            return _relayout(xp, Y, column, want) if relayout else Y
+
+        return run
+
+    scratch_for = scratch_for or _plain
 
     def run(X: Array) -> Array:
         scratch = scratch_for()
@@ -257,7 +279,7 @@ def _rotate_program(xp: ModuleType, mats: list[Array], k: int, column_major: boo
             for step, (c, F) in enumerate(steps):
                 T = scratch.matmul(step, F, T.reshape(-1, c).T)
             Y = T.reshape(-1, k)
-        return _relayout(xp, Y, natural == "column", want) if relayout else Y
+        return _relayout(xp, Y, column, want) if relayout else Y
 
     return run
 
@@ -292,6 +314,23 @@ def _modes_program(xp: ModuleType, mats: list[Array], k: int, column_major: bool
     sizes = _chain_sizes([tuple(mats[j].shape) for j in order], math.prod(m.shape[1] for m in mats) * k)
     scratch_for = _Scratch.factory(xp, sizes, mats[0].dtype, final_in_scratch=False)
 
+    relayout = want not in ("any", "column" if column_major else "row")
+    if scratch_for is None:
+        # the common case of small blocks: nothing per call but the GEMMs and their views
+        def run(X: Array) -> Array:
+            T = X.T if column_major else X
+            for kind, F, shape in steps:
+                if kind is _LEFT:
+                    T = F @ T.reshape(shape)
+                elif kind is _RIGHT:
+                    T = T.reshape(shape) @ F
+                else:
+                    T = _split_matmul(F, T.reshape(shape), threads)
+            Y = T.reshape(k, rows).T if column_major else T.reshape(rows, k)
+            return _relayout(xp, Y, column_major, want) if relayout else Y
+
+        return run
+
     def run(X: Array) -> Array:
         scratch = scratch_for()
         T = X.T if column_major else X
@@ -322,17 +361,21 @@ def _chain_sizes(shapes: list[tuple[int, int]], entries: int) -> list[int]:
     return sizes
 
 
-def _numba(mats: list[Array], X: Array, column_major: bool, want: Layout) -> Array:
-    """The ``"numba"`` kernel (row-major passes); a column-major ``X`` is copied first."""
+def _numba_program(mats: list[Array], k: int, dtype: Any, column_major: bool, want: Layout):
+    """The ``"numba"`` kernel (row-major passes, planned once); a column-major ``X`` is copied first."""
     import numpy as np
 
     from . import _mode_numba
 
-    if column_major:
-        X = _relayout(np, X, True, "row")
-    mats = [np.ascontiguousarray(m, dtype=X.dtype) for m in mats]
-    Y = _mode_numba.kron_matmat(mats, X, application_order([m.shape for m in mats]))
-    return _relayout(np, Y, False, want) if Y.shape[1] > 1 else Y
+    mats = [np.ascontiguousarray(m, dtype=dtype) for m in mats]
+    chain = _mode_numba.chain_program(mats, application_order([m.shape for m in mats]), k)
+    relayout = k > 1 and want not in ("any", "row")
+
+    def run(X: Array) -> Array:
+        Y = chain(_relayout(np, X, True, "row") if column_major else X)
+        return _relayout(np, Y, False, want) if relayout else Y
+
+    return run
 
 
 class _Scratch:
@@ -352,11 +395,14 @@ class _Scratch:
 
     @classmethod
     def factory(cls, xp: ModuleType, sizes: list[int], dtype, *, final_in_scratch: bool):
-        """A function giving each call of a chain that writes ``sizes`` entries in turn its scratch."""
+        """A function giving each call of a chain that writes ``sizes`` entries in turn its scratch.
+
+        ``None`` when the chain needs none (plain products).
+        """
         last = len(sizes) if final_in_scratch else len(sizes) - 1
         numpy = array_api_compat.is_numpy_namespace(xp)
         if not numpy or last <= 0 or max(sizes[:last]) * _itemsize(dtype) < SCRATCH_BYTES:
-            return lambda: _PLAIN
+            return None
         import numpy as np
 
         widths = [max((n for s, n in enumerate(sizes[:last]) if s % 2 == w), default=0) for w in (0, 1)]
@@ -380,6 +426,10 @@ class _Scratch:
 
 _PLAIN = _Scratch([], 0)
 """No buffers: every product allocates its result."""
+
+
+def _plain() -> _Scratch:
+    return _PLAIN
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()

@@ -178,27 +178,58 @@ def pair_product(F_lo, F_hi, hi_first, T, out, scratch):
 def kron_matmat(factors: Sequence[np.ndarray], X: np.ndarray, order: Sequence[int]) -> np.ndarray:
     """``(F₁ ⊗ … ⊗ Fₙ) X`` for a NumPy block ``X`` of shape ``(∏cⱼ, k)``, mode products in ``order``.
 
+    One call of :func:`chain_program` (see there).
+    """
+    return chain_program([np.ascontiguousarray(f, dtype=X.dtype) for f in factors], order, X.shape[1])(X)
+
+
+def chain_program(mats: Sequence[np.ndarray], order: Sequence[int], trail: int):
+    """The chain ``X ↦ (F₁ ⊗ … ⊗ Fₙ) X`` for blocks of ``trail`` columns, planned once.
+
     Consecutive steps of ``order`` on adjacent axes whose tile fits :data:`PAIR_ROWS`, with at
     least :data:`PAIR_MIN_WIDTH` entries after them, run as one :func:`pair_product` pass; the
     others as BLAS mode products (:func:`_blas_pass`: a single-axis pass streams the tensor once
     either way, and BLAS's kernels are faster than these loops on one axis). Passes alternate
-    between two buffers, the last one writing the result, of shape ``(∏rⱼ, k)``.
+    between two buffers, the last one writing the result, of shape ``(∏rⱼ, trail)``.
+
+    Args:
+        mats: C-contiguous factors of the blocks' dtype.
+        order: the order in which the factors are applied.
+        trail: the block width ``k``.
+
     """
-    mats = [np.ascontiguousarray(f) for f in factors]
+    from ._mode import split_batch
+    from ._plan import thread_count
+
     shapes = [m.shape for m in mats]
-    trail = X.shape[1]
     passes = pass_plan(shapes, [c for _, c in shapes], order, trail)
     sizes = [math.prod(p[2]) * trail for p in passes]  # entries written by each pass
     n = len(passes)
     # pass s writes buffer (n - s) % 2, so the last pass writes buffer 1: the result
-    buffers = [
-        np.empty(max((size for s, size in enumerate(sizes) if (n - s) % 2 == w), default=0), X.dtype)
-        for w in (0, 1)
-    ]
-    T = np.ascontiguousarray(X)
-    for s, (axes, dims_in, _) in enumerate(passes):
-        T = _run_pass(mats, axes, dims_in, T, buffers[(n - s) % 2][: sizes[s]], trail)
-    return T.reshape(-1, trail)
+    widths = [max((size for s, size in enumerate(sizes) if (n - s) % 2 == w), default=0) for w in (0, 1)]
+    threads = thread_count()
+    steps = []
+    for s, (axes, dims, _) in enumerate(passes):
+        buffer, size = (n - s) % 2, sizes[s]
+        if len(axes) == 1:
+            (j,) = axes
+            before, after = math.prod(dims[:j]), math.prod(dims[j + 1 :]) * trail
+            r, c = shapes[j]
+            split = before > 1 and after > 1 and split_batch(r, c, after, before, threads)
+            steps.append((buffer, size, _blas_pass(mats[j], before, c, after, split, threads)))
+        else:
+            lo, hi = sorted(axes)
+            before, after = math.prod(dims[:lo]), math.prod(dims[hi + 1 :]) * trail
+            steps.append((buffer, size, _pair_pass(mats, lo, hi, axes[0] == hi, before, dims, after)))
+
+    def run(X: np.ndarray) -> np.ndarray:
+        buffers = [np.empty(width, X.dtype) for width in widths]
+        T = np.ascontiguousarray(X)
+        for buffer, size, step in steps:
+            T = step(T, buffers[buffer][:size])
+        return T.reshape(-1, trail)
+
+    return run
 
 
 def pass_plan(shapes, dims, order, trail=1):
@@ -237,37 +268,43 @@ def _pair_rows(shapes, pair):
     return max(c_lo * r_hi, r_lo * c_hi)
 
 
-def _run_pass(mats, axes, dims, T, out, trail):
-    """Run one planned pass on ``T`` (entries in row-major ``(*dims, trail)`` order) into ``out``."""
-    if len(axes) == 1:
-        (j,) = axes
-        before, after = math.prod(dims[:j]), math.prod(dims[j + 1 :]) * trail
-        return _blas_pass(mats[j], T, before, after, out)
-    lo, hi = sorted(axes)
-    before, after = math.prod(dims[:lo]), math.prod(dims[hi + 1 :]) * trail
-    out4 = out.reshape(before, mats[lo].shape[0], mats[hi].shape[0], after)
-    rows = _pair_rows([m.shape for m in mats], axes)
-    scratch = np.empty((numba.get_num_threads(), rows * max(16, PAIR_TILE_ENTRIES // rows)), T.dtype)
-    pair_product(mats[lo], mats[hi], axes[0] == hi, T.reshape(before, dims[lo], dims[hi], after), out4,
-                 scratch)
-    return out4
+def _pair_pass(mats, lo, hi, hi_first, before, dims, after):
+    """One :func:`pair_product` pass on axes ``lo``, ``hi`` of ``(before, dims…, after)``.
+
+    Returns the step ``(T, out) ↦ out``.
+    """
+    F_lo, F_hi = mats[lo], mats[hi]
+    shape_in = (before, dims[lo], dims[hi], after)
+    shape_out = (before, F_lo.shape[0], F_hi.shape[0], after)
+    rows = max(F_lo.shape[1] * F_hi.shape[0], F_lo.shape[0] * F_hi.shape[1])
+    tile = rows * max(16, PAIR_TILE_ENTRIES // rows)
+
+    def step(T, out):
+        out4 = out.reshape(shape_out)
+        scratch = np.empty((numba.get_num_threads(), tile), T.dtype)
+        pair_product(F_lo, F_hi, hi_first, T.reshape(shape_in), out4, scratch)
+        return out4
+
+    return step
 
 
-def _blas_pass(F, T, before, after, out):
-    """``out = F`` multiplied into the middle axis of ``T`` viewed as ``(before, c, after)``, by BLAS."""
-    from ._mode import _split_matmul, split_batch
-    from ._plan import thread_count
+def _blas_pass(F, before, c, after, split, threads):
+    """``F`` multiplied into the middle axis of ``T`` viewed as ``(before, c, after)``, by BLAS.
 
-    r, c = F.shape
+    Returns the step ``(T, out) ↦ out``.
+    """
+    r = F.shape[0]
+    shape_in, shape_out = (before, c, after), (before, r, after)
     if before == 1:
-        return np.matmul(F, T.reshape(c, after), out=out.reshape(r, after))
+        return lambda T, out: np.matmul(F, T.reshape(c, after), out=out.reshape(r, after))
     if after == 1:
-        return np.matmul(T.reshape(before, c), F.T, out=out.reshape(before, r))
-    T3, out3 = T.reshape(before, c, after), out.reshape(before, r, after)
-    threads = thread_count()
-    if split_batch(r, c, after, before, threads):
-        return _split_matmul(F, T3, threads, out3)
-    return np.matmul(F, T3, out=out3)
+        Ft = F.T
+        return lambda T, out: np.matmul(T.reshape(before, c), Ft, out=out.reshape(before, r))
+    if split:
+        from ._mode import _split_matmul
+
+        return lambda T, out: _split_matmul(F, T.reshape(shape_in), threads, out.reshape(shape_out))
+    return lambda T, out: np.matmul(F, T.reshape(shape_in), out=out.reshape(shape_out))
 
 
 @numba.njit(parallel=True, cache=True)

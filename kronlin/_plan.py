@@ -166,6 +166,12 @@ def thread_count(backend: str = "numpy") -> int:
             # numba.get_num_threads() without its two locks (10 µs a call): the thread-local count
             return int(parallel._get_num_threads())
         return int(numba.get_num_threads())
+    return _numba_default_threads()
+
+
+@functools.cache
+def _numba_default_threads() -> int:
+    """Numba's default thread count, which Numba too reads once (when it is imported)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return int(os.environ.get("NUMBA_NUM_THREADS", cpus))
 

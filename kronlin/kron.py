@@ -8,13 +8,15 @@ the column-stacking form ``(A⊗B) vec(X) = vec(B X Aᵀ)``; see docs on convent
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ._backend import Array, device, namespace
 from ._factorizations import eigh
-from ._mode import KronMatmat, check_kernel
-from ._plan import KronPlan
+from ._mode import KronMatmat, check_kernel, is_column_major
+from ._plan import KronPlan, thread_count
 from ._validation import check_matrix, check_same_device, symmetrized
 from .errors import LinAlgError
 from .operator import LinearOperator, shape_term
@@ -71,6 +73,8 @@ class Kron(LinearOperator):
         super().__init__(shape, xp=xp, dtype=factors[0].dtype, device=device(factors[0]))
         self._factors = factors
         self._engine = KronMatmat(xp, factors, kernel)
+        # NumPy operands seen before, by (shape, strides, dtype, threads): their whole product
+        self._direct: dict[tuple, Callable[[np.ndarray], np.ndarray]] = {}
 
     @classmethod
     def _trusted(cls, factors: Sequence[Array], xp, kernel: str | KronPlan = "auto") -> Kron:
@@ -98,6 +102,35 @@ class Kron(LinearOperator):
     def factors(self) -> tuple[Array, ...]:
         """The factors ``(F₁, …, Fₙ)``."""
         return self._factors
+
+    def __matmul__(self, other):
+        # The hot path. An operand of a shape, layout and dtype seen before passed the checks
+        # then and passes them now: its compiled product runs at once (for small blocks the
+        # checks and the dispatch cost more than the GEMMs).
+        if type(other) is np.ndarray:
+            run = self._direct.get((other.shape, other.strides, other.dtype.char, thread_count()))
+            if run is not None:
+                return run(other)
+            out = super().__matmul__(other)
+            self._remember(other)
+            return out
+        return super().__matmul__(other)
+
+    def _remember(self, x: np.ndarray) -> None:
+        """Keep the product of operands like ``x`` (checked and applied once) for :meth:`__matmul__`."""
+        if len(self._direct) >= _DIRECT_ENTRIES:
+            self._direct.clear()
+        dtype = np.result_type(x.dtype, self.dtype)
+        vector = x.ndim == 1
+        k = 1 if vector else x.shape[1]
+        run = self._engine.program(k, dtype, column_major=k > 1 and is_column_major(x))
+        if dtype != x.dtype:
+            base = run
+            run = lambda X: base(X.astype(dtype))  # noqa: E731
+        if vector:
+            block = run
+            run = lambda x: block(x[:, None])[:, 0]  # noqa: E731
+        self._direct[(x.shape, x.strides, x.dtype.char, thread_count())] = run
 
     def _matmat(self, X: Array) -> Array:
         return self._engine(X)
@@ -237,6 +270,9 @@ class Kron(LinearOperator):
         diag = outer(self.xp, [self.xp.linalg.diagonal(f) for f in self._factors])
         return self.xp.reshape(diag, (-1,))
 
+
+_DIRECT_ENTRIES = 64
+"""Operand kinds kept per operator for the hot path (more: the table starts over)."""
 
 _DAMPED = ("for the damped product K + c·I use K.eigh().shift(c) and its .inv()/.solve(b) "
            "(symmetric factors), or damp the factor itself")

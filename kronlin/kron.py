@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -103,7 +103,7 @@ class Kron(LinearOperator):
         """The factors ``(F₁, …, Fₙ)``."""
         return self._factors
 
-    def __matmul__(self, other):
+    def __matmul__(self, other: Any) -> Any:
         # The hot path. An operand of a shape, layout and dtype seen before passed the checks
         # then and passes them now: its compiled product runs at once (for small blocks the
         # checks and the dispatch cost more than the GEMMs).

@@ -101,10 +101,9 @@ class BlockTridiagInverse(LinearOperator):
         ]
         inverses = [tuple(cholesky_inverse(xp, L) for L in pair) for pair in chols]
         # Ψᵢ = (L_{i,i+1} L_{i+1}⁻¹) ⊗ (R_{i,i+1} R_{i+1}⁻¹)
-        self._psi = [
+        self._couple([
             (Lo @ inverses[i + 1][0], Ro @ inverses[i + 1][1]) for i, (Lo, Ro) in enumerate(offdiag)
-        ]
-        self._psi_products = [KronMatmat(xp, pair) for pair in self._psi]
+        ])
         self._sigma_inv: list[LinearOperator] = []
         for i, ((Lo, Ro), (PL, PR)) in enumerate(zip(offdiag, self._psi, strict=True)):
             C, D = PL @ Lo.T, PR @ Ro.T
@@ -173,8 +172,14 @@ class BlockTridiagInverse(LinearOperator):
         LinearOperator.__init__(op, (sum(sizes), sum(sizes)), xp=first.xp, dtype=first.dtype,
                                 device=first.device)
         op._splits = [0, *accumulate(sizes)]
-        op._psi, op._sigma_inv = couplings, conditionals
+        op._couple(couplings)
+        op._sigma_inv = conditionals
         return op
+
+    def _couple(self, psi: list[Pair]) -> None:
+        """Keep the couplings :math:`\Psi_i = P_i \otimes Q_i` with their compiled products."""
+        self._psi = psi
+        self._psi_products = [KronMatmat(self.xp, pair) for pair in psi]
 
     def _matmat(self, X: Array) -> Array:
         xp, s = self.xp, self._splits

@@ -177,7 +177,7 @@ class BlockTridiagInverse(LinearOperator):
         return op
 
     def _couple(self, psi: list[Pair]) -> None:
-        """Keep the couplings :math:`\Psi_i = P_i \otimes Q_i` with their compiled products."""
+        r"""Keep the couplings :math:`\Psi_i = P_i \otimes Q_i` with their compiled products."""
         self._psi = psi
         self._psi_products = [KronMatmat(self.xp, pair) for pair in psi]
 

@@ -1,10 +1,16 @@
-"""asv: ``Kron`` and ``KronEigen`` (the damped Kronecker inverse), setup and apply separately."""
+"""asv: ``Kron`` and ``KronEigen`` (the damped Kronecker inverse), setup and apply separately;
+the Kronecker-matmat grid of issue 15 (``kron_grid.py``) for kronlin, pyfastkron and the NumPy
+expressions."""
 
 import numpy as np
 
 import kronlin as kl
 
 from ._common import BACKENDS, DTYPES, on, spd
+from .kron_grid import all_cells, data, numpy_expressions, pyfastkron
+
+GRID = {cell.key: cell for cell in all_cells()}
+EXPRESSIONS = ["matmul modes", "shuffle", "tensordot", "A @ X @ B.T"]
 
 # name: (factor sides, right-hand sides). "2x256": the GEMM floor; "4x16": many small factors
 # (the Numba kernel on NumPy); "3x32": in between.
@@ -70,3 +76,55 @@ class KronEigenApply:
 
     def peakmem_apply(self, n, k, dtype, backend):
         self.op @ self.X
+
+
+class KronGrid:
+    """``Kron(*factors) @ X`` over the grid, the plan chosen by the cost model (NumPy)."""
+
+    params = (list(GRID), DTYPES)
+    param_names = ["cell", "dtype"]
+    timeout = 600
+
+    def setup(self, cell, dtype):
+        factors, self.X = data(GRID[cell], dtype)
+        self.op = kl.Kron(*factors)
+        self.op @ self.X  # Numba compiles or loads its cache, the plan is chosen: not timed
+
+    def time_kronlin(self, cell, dtype):
+        self.op @ self.X
+
+
+class KronGridPyfastkron:
+    """``pyfastkron.fastkronnumpy.gekmm(factors, X)`` on the same cells (skipped if not installed)."""
+
+    params = (list(GRID), DTYPES)
+    param_names = ["cell", "dtype"]
+    timeout = 600
+
+    def setup(self, cell, dtype):
+        self.fk = pyfastkron()
+        if self.fk is None:
+            raise NotImplementedError("pyfastkron is not installed")
+        self.factors, self.X = data(GRID[cell], dtype)
+        self.fk.gekmm(self.factors, self.X)  # its autotuner runs on the first call: not timed
+
+    def time_pyfastkron(self, cell, dtype):
+        self.fk.gekmm(self.factors, self.X)
+
+
+class KronGridNumPy:
+    """The NumPy/BLAS expressions of ``kron_grid.numpy_expressions`` on the same cells."""
+
+    params = (list(GRID), DTYPES, EXPRESSIONS)
+    param_names = ["cell", "dtype", "expression"]
+    timeout = 600
+
+    def setup(self, cell, dtype, expression):
+        factors, X = data(GRID[cell], dtype)
+        expressions = numpy_expressions(factors, X)
+        if expression not in expressions:
+            raise NotImplementedError(f"{expression} needs two factors")
+        self.fn = expressions[expression]
+
+    def time_expression(self, cell, dtype, expression):
+        self.fn()

@@ -13,9 +13,14 @@ alike), resting :data:`PAUSE` before each call, and keeps each one's fastest cal
 of each (Numba compilation, caches) is not timed. Slow candidates get fewer rounds, to keep the
 default run under about three minutes.
 
+With ``--grid`` it runs the Kronecker-matmat grid of issue 15 instead (``benchmarks/kron_grid.py``:
+every cell against pyfastkron and the best NumPy/BLAS expression, side by side, with the
+plan kronlin chose, the arithmetic floor, and a verdict per cell).
+
 Usage::
 
     python benchmarks/compare.py                    # about 3 minutes on 2 cores
+    python benchmarks/compare.py --grid --markdown docs/results/performance/kron-grid.md
     python benchmarks/compare.py --quick            # half the sizes, one round: a smoke test
     python benchmarks/compare.py --plot results/kron_scaling.png
     python benchmarks/compare.py --markdown docs/results/performance/compare.md
@@ -47,9 +52,11 @@ import kronlin as kl
 from kronlin._mode import kron_matmat
 
 try:
-    from ._report import recorded  # imported as benchmarks.compare (asv discovery)
+    from . import kron_grid  # imported as benchmarks.compare (asv discovery)
+    from ._report import recorded
 except ImportError:
-    from _report import recorded  # run as a script
+    import kron_grid  # run as a script
+    from _report import recorded
 
 TOLERANCE = {"float64": 1e-9, "float32": 1e-3}  # relative, against kronlin's result
 PROBE, SLOW = 8, 10.0
@@ -73,29 +80,43 @@ class Case:
 # -- timing -------------------------------------------------------------------------------------------
 
 def measure(candidates: dict[str, Callable[[], object]], rounds: int, budget: float,
-            slow: float | None = None) -> dict:
-    """Fastest call of each candidate over interleaved rounds, and its first result.
+            slow: float | None = None, pause: float = PAUSE, sample: float = 0.0,
+            clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Fastest call of each candidate over interleaved rounds (in turn first), and its first result.
 
     The first call of each candidate is not timed (compilation, caches), except for a candidate
     slower than ``slow`` seconds (default ``budget``): that one call is its measurement. The
     others get ``rounds`` timed rounds, fewer if that would exceed ``budget`` seconds (at least
-    one).
+    one). With ``sample > 0`` a timed round of a candidate faster than that is as many calls in
+    a row as fill ``sample`` seconds, their mean its time (``timeit``'s way: a single call of a
+    few microseconds cannot be timed on a loaded machine). ``clock`` reads the time (wall-clock by
+    default).
     """
     results, best = {}, {}
     for name, fn in candidates.items():
-        start = time.perf_counter()
+        start = clock()
         results[name] = fn()
-        best[name] = time.perf_counter() - start
+        best[name] = clock() - start
     fast = {name: fn for name, fn in candidates.items() if best[name] <= (slow or budget)}
     first = dict(best)
-    best.update({name: math.inf for name in fast})
-    for r in range(rounds):
+    if sample:  # the first call paid for compilation and caches: a second one sizes the rounds
         for name, fn in fast.items():
-            if r == 0 or r < budget / first[name]:
-                time.sleep(PAUSE)
-                start = time.perf_counter()
-                fn()
-                best[name] = min(best[name], time.perf_counter() - start)
+            start = clock()
+            fn()
+            first[name] = clock() - start
+    best.update({name: math.inf for name in fast})
+    calls = {name: max(1, round(sample / max(first[name], 1e-7))) if sample else 1 for name in fast}
+    order = list(fast.items())
+    for r in range(rounds):
+        # each round starts with the next candidate: none is always the first after the pause
+        shift = r % max(len(order), 1)
+        for name, fn in order[shift:] + order[:shift]:
+            if r == 0 or r < budget / (first[name] * calls[name]):
+                time.sleep(pause)
+                start = clock()
+                for _ in range(calls[name]):
+                    fn()
+                best[name] = min(best[name], (clock() - start) / calls[name])
     return {name: (best[name], results[name]) for name in candidates}
 
 
@@ -203,7 +224,7 @@ def many_small_factors(libs, n: int, count: int, k: int, dtype: str, args) -> Ca
 
     candidates = {
         "kronlin": lambda: op @ X,
-        "NumPy chain (matmul mode products)": lambda: kron_matmat(np, factors, X, kernel="xp"),
+        "NumPy chain (matmul mode products)": lambda: kron_matmat(np, factors, X, kernel="modes"),
         "NumPy chain (tensordot + moveaxis)": tensordot_chain,
     }
     # libraries that loop over right-hand sides in Python take minutes here: probe them first
@@ -434,6 +455,104 @@ def scaling_plot(path: str, sizes: list[int], dense_max: int, k: int, args) -> N
         print(f"  n = {n:4d}: Kron {t_kron * 1e3:9.3f} ms   dense {t_dense * 1e3:9.3f} ms")
 
 
+# -- the Kronecker-matmat grid (issue 15) --------------------------------------------------------------
+
+TIE = 1.05
+"""Verdicts: "win" when kronlin is faster than pyfastkron and than every NumPy expression; "tie"
+when it is within 5 % of the fastest (run-to-run noise on the shared 2-core machine is of that
+order even with interleaved rounds); "LOSS" otherwise."""
+
+
+def grid(args) -> None:
+    """Every cell of ``kron_grid``: kronlin, pyfastkron and the NumPy expressions, side by side."""
+    _set_numpy_hugepages(args.numpy_hugepages)
+    rounds, budget = (1, 0.5) if args.quick else (5, 1.5)
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    start = time.perf_counter()
+    header()
+    print(f"clock: {'CPU time of the process' if args.cpu_time else 'wall-clock'}, threads: "
+          f"{args.threads or 'all'} (kronlin's cost model plans for {_kronlin_threads()})")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    fk = kron_grid.pyfastkron()
+    if fk is None:
+        print("  pyfastkron: not installed (pip install pyfastkron); its column stays empty")
+    floors = {dtype: roofline(dtype, clock) for dtype in ("float32", "float64")}
+    for dtype, (rate, bandwidth) in floors.items():
+        print(f"floor constants, {dtype}: GEMM {rate / 1e9:.1f} GFLOP/s (512³), "
+              f"copy {bandwidth / 1e9:.1f} GB/s")
+    cells = [c for c in kron_grid.all_cells() if args.cells in c.name]
+    print(f"\n{len(cells)} cells × 2 dtypes; times in ms (fastest of up to {rounds} interleaved rounds, "
+          "a round of a fast candidate being as many calls as fill 20 ms); "
+          "ratios > 1: kronlin is faster; floor: max(flops / GEMM rate, (|X| + |Y|) / copy bandwidth)\n")
+    print(f"{'cell':34s} {'dtype':7s} {'kronlin plan':38s} {'kronlin':>9s} {'pyfastkron':>10s} "
+          f"{'best NumPy':>10s} {'(which)':14s} {'pfk/kl':>6s} {'np/kl':>6s} {'kl/floor':>8s}  verdict")
+    tally: dict[str, list[str]] = {"win": [], "tie": [], "LOSS": []}
+    for cell in cells:
+        for dtype in ("float32", "float64"):
+            verdict, line = grid_cell(cell, dtype, fk, floors[dtype], rounds, budget, clock)
+            tally[verdict].append(f"{cell.name} {dtype}")
+            print(line, flush=True)
+    print(f"\nkronlin fastest in {len(tally['win'])} cells, tied (within {100 * (TIE - 1):.0f} %) in "
+          f"{len(tally['tie'])}, slower in {len(tally['LOSS'])} of {sum(map(len, tally.values()))}")
+    for cell in tally["LOSS"]:
+        print(f"  slower: {cell}")
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"total {time.perf_counter() - start:.0f} s")
+
+
+def grid_cell(cell, dtype: str, fk, floor_constants, rounds: int, budget: float,
+              clock: Callable[[], float]) -> tuple[str, str]:
+    """Time one cell; its verdict and its table line."""
+    factors, X = kron_grid.data(cell, dtype)
+    op = kl.Kron(*factors)
+    plan = op.plan(cell.k)
+    candidates = {"kronlin": lambda: op @ X}
+    if fk is not None:
+        candidates["pyfastkron"] = lambda: fk.gekmm(factors, X)
+    expressions = kron_grid.numpy_expressions(factors, X)
+    candidates.update(expressions)
+    timed = measure(candidates, rounds, budget, pause=0.1, sample=0.02, clock=clock)
+    reference = timed["kronlin"][1]
+    bad = [name for name, (_, result) in timed.items()
+           if agreement(result, reference, dtype).startswith("MISMATCH")]
+    ours = timed["kronlin"][0]
+    numpy_name = min(expressions, key=lambda name: timed[name][0])
+    numpy_time = timed[numpy_name][0]
+    theirs = timed["pyfastkron"][0] if "pyfastkron" in timed else math.inf
+    rate, bandwidth = floor_constants
+    nbytes = (X.size + cell.k * math.prod(r for r, _ in cell.shapes)) * X.itemsize
+    floor = max(cell.flops() / rate, nbytes / bandwidth)
+    if ours < theirs and ours <= numpy_time:
+        verdict = "win"
+    else:
+        verdict = "tie" if ours <= TIE * min(theirs, numpy_time) else "LOSS"
+    pfk = f"{theirs * 1e3:10.3f}" if math.isfinite(theirs) else f"{'—':>10s}"
+    ratio = f"{theirs / ours:6.2f}" if math.isfinite(theirs) else f"{'—':>6s}"
+    note = f"  MISMATCH: {', '.join(bad)}" if bad else ""
+    line = (f"{cell.name:34s} {dtype:7s} {str(plan).split(' (')[0]:38s} {ours * 1e3:9.3f} {pfk} "
+            f"{numpy_time * 1e3:10.3f} {numpy_name:14s} {ratio} {numpy_time / ours:6.2f} "
+            f"{ours / floor:8.2f}  {verdict}{note}")
+    return verdict, line
+
+
+def _kronlin_threads() -> int:
+    from kronlin._plan import thread_count
+
+    return thread_count()
+
+
+def roofline(dtype: str, clock: Callable[[], float]) -> tuple[float, float]:
+    """This machine's GEMM rate (512³ blocks) and copy bandwidth (128 MiB), for the floors."""
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((512, 512)).astype(dtype), rng.standard_normal((512, 4096)).astype(dtype)
+    seconds, _ = measure({"gemm": lambda: A @ B}, 5, 2.0, clock=clock)["gemm"]
+    rate = 2 * 512 * 512 * 4096 / seconds
+    src = rng.standard_normal(2**24 // (8 // np.dtype(dtype).itemsize)).astype(dtype)
+    dst = np.empty_like(src)
+    copy, _ = measure({"copy": lambda: np.copyto(dst, src)}, 5, 2.0, clock=clock)["copy"]
+    return rate, 2 * src.nbytes / copy
+
+
 def _set_numpy_hugepages(enabled: bool) -> None:
     core = getattr(np, "_core", None) or np.core
     core.multiarray._set_madvise_hugepage(enabled)
@@ -461,9 +580,33 @@ def main() -> None:
                         help="keep NumPy's madvise(MADV_HUGEPAGE) on large arrays (see the module docstring)")
     parser.add_argument("--markdown", metavar="PATH",
                         help="also save the printed tables as a Markdown fragment (for docs/results/)")
+    parser.add_argument("--grid", action="store_true",
+                        help="run the Kronecker-matmat grid (kron_grid.py) instead of the comparison")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for BLAS, OpenMP (pyfastkron) and Numba (default: all)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="with --grid --threads 1: time by the process's CPU time, which other "
+                             "processes on a shared machine do not inflate")
+    parser.add_argument("--cells", default="",
+                        help="with --grid, only cells whose name contains this text (e.g. 'k=1')")
     args = parser.parse_args()
+    if args.cpu_time and args.threads != 1:
+        parser.error("--cpu-time needs --threads 1 (CPU time sums the threads' time, spinning included)")
     with recorded(args.markdown):
-        compare(args)
+        if args.threads is not None:
+            limit_threads(args.threads)
+        grid(args) if args.grid else compare(args)
+
+
+def limit_threads(threads: int) -> None:
+    """Every library on ``threads`` threads: BLAS, Numba, and the OpenMP runtimes (pyfastkron's)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by an OpenMP runtime when it loads
+    kron_grid.pyfastkron()  # load pyfastkron's OpenMP now, so that threadpoolctl finds it too
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+    numba.set_num_threads(threads)
 
 
 def compare(args) -> None:

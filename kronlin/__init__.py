@@ -7,6 +7,7 @@ is handed in.
 """
 
 from . import linalg
+from ._plan import KronPlan
 from .block_diag import BlockDiag
 from .block_tridiag import BlockTridiagInverse
 from .errors import LinAlgError, NotPositiveDefiniteError, SingularDenominatorError
@@ -24,6 +25,7 @@ __all__ = [
     "Kron",
     "KronDiff",
     "KronEigen",
+    "KronPlan",
     "LinAlgError",
     "LinearOperator",
     "NotPositiveDefiniteError",

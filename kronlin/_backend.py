@@ -63,9 +63,30 @@ def device(a: Array) -> Any:
     return array_api_compat.device(a)
 
 
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def dtype_name(dtype: Any) -> str:
-    """``"float32"``/``"float64"``/… for a NumPy or torch dtype."""
-    return str(dtype).removeprefix("torch.")
+    """``"float32"``/``"float64"``/… for a NumPy or torch dtype (or a NumPy scalar type)."""
+    try:
+        return _DTYPE_NAMES[dtype]
+    except (KeyError, TypeError):
+        name = _dtype_name(dtype)
+    try:
+        _DTYPE_NAMES[dtype] = name
+    except TypeError:  # unhashable: not cached
+        pass
+    return name
+
+
+def _dtype_name(dtype: Any) -> str:
+    text = str(dtype)
+    if text.startswith("torch."):
+        return text.removeprefix("torch.")
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return text
 
 
 def check_dtype(a: Array, name: str) -> None:

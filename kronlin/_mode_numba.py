@@ -1,14 +1,14 @@
-"""Numba kernels for the mode products of small Kronecker factors on NumPy arrays (CPU).
+"""Numba kernels for the ``"numba"`` plans of small Kronecker factors on NumPy arrays (CPU).
 
-BLAS is at its best on large GEMMs. A mode product with a small factor is a batch of GEMMs whose
-inner dimension is the factor size (say 16): OpenBLAS then spends about as long packing operands,
-and synchronizing its threads once per GEMM of the batch, as it spends multiplying, and every
-mode product streams the whole tensor through memory once. The kernels here run one parallel
-loop per pass with no packing, and apply two factors on adjacent axes in one pass while a tile
-of the tensor sits in cache (:func:`pair_product`), so four factors cost two passes over memory
-instead of four; the intermediates alternate between two buffers (two allocations per chain, not
-one per factor). :func:`kronlin._mode.kron_matmat` decides when they are used;
-``tests/kronlin/test_mode_numba.py`` keeps the NumPy expression as the reference.
+Every mode product streams the whole tensor through memory once, and with small factors that
+traffic, not the flops, is the cost. :func:`pair_product` applies two factors on adjacent axes in
+one pass while a tile of the tensor sits in cache, so four factors cost two passes over memory
+instead of four; one parallel loop per pass, no packing. A factor left alone runs as a BLAS mode
+product (:func:`_blas_pass`): for a single axis the traffic is the same either way and BLAS's
+kernels are faster than these loops. The intermediates alternate between two buffers (two
+allocations per chain, not one per factor). :mod:`kronlin._plan` decides when these plans are
+used; ``tests/kronlin/test_mode_numba.py`` keeps the NumPy expression as the reference.
+:func:`transpose_into` is the parallel transposed copy of the other kernels.
 
 Compile time: the kernels compile on their first call for each dtype (about 10 s for float32
 and again for float64 on the 2-core development machine) and are cached on disk
@@ -26,15 +26,17 @@ import numba
 import numpy as np
 from numba import prange
 
-TILE = 128
-"""Entries along the contiguous axis per parallel task of :func:`mode_product`: the four
-source rows and four output rows in flight (8 KiB in float64) stay in L1."""
+PAIR_MIN_WIDTH = 8
+"""Fewest entries after a pair's axes for a fused pass: its vector loops run along them."""
 
 PAIR_ROWS = 1024
 """Most rows (``c·r`` of the two factors) of the in-cache tile of :func:`pair_product`."""
 
 PAIR_TILE_ENTRIES = 65536
 """Entries of that tile (512 KiB in float64, one L2 cache here): its width is this / rows."""
+
+TRANSPOSE_ROWS = 8
+"""Rows of ``A`` per task of :func:`transpose_into` (one cache line of ``out`` per column)."""
 
 _FASTMATH = {"contract"}  # fused multiply-adds; no reassociation beyond what is written
 
@@ -129,26 +131,6 @@ def _product(F, src, s_swap, s_lo, dst, d_swap, d_lo, b, w):
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def mode_product(F, T, out):
-    r"""Multiply ``F`` into the middle axis of ``T``: ``out[b] = F @ T[b]`` for every ``b``.
-
-    Args:
-        F: shape ``(r, c)``, C-contiguous.
-        T: shape ``(before, c, after)``, C-contiguous, same dtype as ``F``.
-        out: shape ``(before, r, after)``, C-contiguous, same dtype; overwritten.
-
-    Cost: ``2·before·r·c·after`` flops in ``before·⌈after/TILE⌉`` parallel tasks.
-
-    """
-    before, _, after = T.shape
-    tiles = (after + TILE - 1) // TILE
-    for task in prange(before * tiles):
-        b = task // tiles
-        lo = (task - b * tiles) * TILE
-        _product(F, T, _NO_SWAP, lo, out, _NO_SWAP, lo, b, min(TILE, after - lo))
-
-
-@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def pair_product(F_lo, F_hi, hi_first, T, out, scratch):
     r"""Multiply ``F_lo`` and ``F_hi`` into the two middle axes of ``T`` in one pass.
 
@@ -196,66 +178,155 @@ def pair_product(F_lo, F_hi, hi_first, T, out, scratch):
 def kron_matmat(factors: Sequence[np.ndarray], X: np.ndarray, order: Sequence[int]) -> np.ndarray:
     """``(F₁ ⊗ … ⊗ Fₙ) X`` for a NumPy block ``X`` of shape ``(∏cⱼ, k)``, mode products in ``order``.
 
-    Consecutive steps of ``order`` on adjacent axes whose tile fits :data:`PAIR_ROWS` run as one
-    :func:`pair_product` pass; the others as :func:`mode_product` passes. Passes alternate
-    between two buffers, the last one writing the result, of shape ``(∏rⱼ, k)``.
+    One call of :func:`chain_program` (see there).
     """
-    mats = [np.ascontiguousarray(f) for f in factors]
-    dims = [m.shape[1] for m in mats]
-    passes = _passes(mats, dims, order)
-    trail = X.shape[1]
-    sizes = [math.prod(p[-1]) * trail for p in passes]  # entries written by each pass
+    return chain_program([np.ascontiguousarray(f, dtype=X.dtype) for f in factors], order, X.shape[1])(X)
+
+
+def chain_program(mats: Sequence[np.ndarray], order: Sequence[int], trail: int):
+    """The chain ``X ↦ (F₁ ⊗ … ⊗ Fₙ) X`` for blocks of ``trail`` columns, planned once.
+
+    Consecutive steps of ``order`` on adjacent axes whose tile fits :data:`PAIR_ROWS`, with at
+    least :data:`PAIR_MIN_WIDTH` entries after them, run as one :func:`pair_product` pass; the
+    others as BLAS mode products (:func:`_blas_pass`: a single-axis pass streams the tensor once
+    either way, and BLAS's kernels are faster than these loops on one axis). Passes alternate
+    between two buffers, the last one writing the result, of shape ``(∏rⱼ, trail)``.
+
+    Args:
+        mats: C-contiguous factors of the blocks' dtype.
+        order: the order in which the factors are applied.
+        trail: the block width ``k``.
+
+    """
+    from ._mode import split_batch
+    from ._plan import thread_count
+
+    shapes = [m.shape for m in mats]
+    passes = pass_plan(shapes, [c for _, c in shapes], order, trail)
+    sizes = [math.prod(p[2]) * trail for p in passes]  # entries written by each pass
     n = len(passes)
     # pass s writes buffer (n - s) % 2, so the last pass writes buffer 1: the result
-    buffers = [
-        np.empty(max((size for s, size in enumerate(sizes) if (n - s) % 2 == w), default=0), X.dtype)
-        for w in (0, 1)
-    ]
-    T = np.ascontiguousarray(X)
-    for s, (axes, dims_in, _) in enumerate(passes):
-        T = _run_pass(mats, axes, dims_in, T, buffers[(n - s) % 2][: sizes[s]], trail)
-    return T.reshape(-1, trail)
+    widths = [max((size for s, size in enumerate(sizes) if (n - s) % 2 == w), default=0) for w in (0, 1)]
+    threads = thread_count()
+    steps = []
+    for s, (axes, dims, _) in enumerate(passes):
+        buffer, size = (n - s) % 2, sizes[s]
+        if len(axes) == 1:
+            (j,) = axes
+            before, after = math.prod(dims[:j]), math.prod(dims[j + 1 :]) * trail
+            r, c = shapes[j]
+            split = before > 1 and after > 1 and split_batch(r, c, after, before, threads)
+            steps.append((buffer, size, _blas_pass(mats[j], before, c, after, split, threads)))
+        else:
+            lo, hi = sorted(axes)
+            before, after = math.prod(dims[:lo]), math.prod(dims[hi + 1 :]) * trail
+            steps.append((buffer, size, _pair_pass(mats, lo, hi, axes[0] == hi, before, dims, after)))
+
+    def run(X: np.ndarray) -> np.ndarray:
+        buffers = [np.empty(width, X.dtype) for width in widths]
+        T = np.ascontiguousarray(X)
+        for buffer, size, step in steps:
+            T = step(T, buffers[buffer][:size])
+        return T.reshape(-1, trail)
+
+    return run
 
 
-def _passes(mats, dims, order):
-    """Plan the passes: ``(axes, dims in, dims out)`` each, ``axes`` one axis or an adjacent pair."""
+def pass_plan(shapes, dims, order, trail=1):
+    """Plan the passes: ``(axes, dims in, dims out)`` each, ``axes`` one axis or an adjacent pair.
+
+    Args:
+        shapes: the factors' ``(rows, cols)``.
+        dims: the tensor's axis lengths before the first pass (the factors' columns).
+        order: the order in which the factors are applied.
+        trail: entries after the last axis (the block width ``k``).
+
+    """
+    dims = list(dims)
     passes = []
     s = 0
     while s < len(order):
         j = order[s]
         pair = order[s : s + 2] if s + 1 < len(order) else [j]
-        if len(pair) == 2 and abs(pair[0] - pair[1]) == 1 and _pair_rows(mats, pair) <= PAIR_ROWS:
+        if (len(pair) == 2 and abs(pair[0] - pair[1]) == 1 and _pair_rows(shapes, pair) <= PAIR_ROWS
+                and math.prod(dims[max(pair) + 1 :]) * trail >= PAIR_MIN_WIDTH):
             axes = tuple(pair)
         else:
             axes = (j,)
         before = list(dims)
         for a in axes:
-            dims[a] = mats[a].shape[0]
+            dims[a] = shapes[a][0]
         passes.append((axes, before, list(dims)))
         s += len(axes)
     return passes
 
 
-def _pair_rows(mats, pair):
+def _pair_rows(shapes, pair):
     """Rows of the scratch tile of a pair pass (the larger of its two orders)."""
     lo, hi = sorted(pair)
-    (r_lo, c_lo), (r_hi, c_hi) = mats[lo].shape, mats[hi].shape
+    (r_lo, c_lo), (r_hi, c_hi) = shapes[lo], shapes[hi]
     return max(c_lo * r_hi, r_lo * c_hi)
 
 
-def _run_pass(mats, axes, dims, T, out, trail):
-    """Run one planned pass on ``T`` (entries in row-major ``(*dims, trail)`` order) into ``out``."""
-    if len(axes) == 1:
-        (j,) = axes
-        before, after = math.prod(dims[:j]), math.prod(dims[j + 1 :]) * trail
-        out3 = out.reshape(before, mats[j].shape[0], after)
-        mode_product(mats[j], T.reshape(before, dims[j], after), out3)
-        return out3
-    lo, hi = sorted(axes)
-    before, after = math.prod(dims[:lo]), math.prod(dims[hi + 1 :]) * trail
-    out4 = out.reshape(before, mats[lo].shape[0], mats[hi].shape[0], after)
-    rows = _pair_rows(mats, axes)
-    scratch = np.empty((numba.get_num_threads(), rows * max(16, PAIR_TILE_ENTRIES // rows)), T.dtype)
-    pair_product(mats[lo], mats[hi], axes[0] == hi, T.reshape(before, dims[lo], dims[hi], after), out4,
-                 scratch)
-    return out4
+def _pair_pass(mats, lo, hi, hi_first, before, dims, after):
+    """One :func:`pair_product` pass on axes ``lo``, ``hi`` of ``(before, dims…, after)``.
+
+    Returns the step ``(T, out) ↦ out``.
+    """
+    F_lo, F_hi = mats[lo], mats[hi]
+    shape_in = (before, dims[lo], dims[hi], after)
+    shape_out = (before, F_lo.shape[0], F_hi.shape[0], after)
+    rows = max(F_lo.shape[1] * F_hi.shape[0], F_lo.shape[0] * F_hi.shape[1])
+    tile = rows * max(16, PAIR_TILE_ENTRIES // rows)
+
+    def step(T, out):
+        out4 = out.reshape(shape_out)
+        scratch = np.empty((numba.get_num_threads(), tile), T.dtype)
+        pair_product(F_lo, F_hi, hi_first, T.reshape(shape_in), out4, scratch)
+        return out4
+
+    return step
+
+
+def _blas_pass(F, before, c, after, split, threads):
+    """``F`` multiplied into the middle axis of ``T`` viewed as ``(before, c, after)``, by BLAS.
+
+    Returns the step ``(T, out) ↦ out``.
+    """
+    r = F.shape[0]
+    shape_in, shape_out = (before, c, after), (before, r, after)
+    if before == 1:
+        return lambda T, out: np.matmul(F, T.reshape(c, after), out=out.reshape(r, after))
+    if after == 1:
+        Ft = F.T
+        return lambda T, out: np.matmul(T.reshape(before, c), Ft, out=out.reshape(before, r))
+    if split:
+        from ._mode import _split_matmul
+
+        return lambda T, out: _split_matmul(F, T.reshape(shape_in), threads, out.reshape(shape_out))
+    return lambda T, out: np.matmul(F, T.reshape(shape_in), out=out.reshape(shape_out))
+
+
+@numba.njit(parallel=True, cache=True)
+def transpose_into(A, out):
+    """``out[:] = A.T`` for a C-contiguous ``A`` of shape ``(m, n)`` and ``out`` of shape ``(n, m)``.
+
+    One parallel task per band of :data:`TRANSPOSE_ROWS` rows of ``A``: it walks the band's rows
+    together, column by column, so it reads that many contiguous streams and writes
+    :data:`TRANSPOSE_ROWS` adjacent entries of each row of ``out``. NumPy's own
+    ``ascontiguousarray(A.T)`` is single-threaded and, on these shapes, 2–4× slower per thread.
+    """
+    m, n = A.shape
+    t = TRANSPOSE_ROWS
+    for band in prange((m + t - 1) // t):
+        i0 = band * t
+        i1 = min(i0 + t, m)
+        if i1 - i0 == t:
+            for j in range(n):
+                row = out[j]
+                for i in range(t):  # a constant trip count: unrolled
+                    row[i0 + i] = A[i0 + i, j]
+        else:
+            for j in range(n):
+                for i in range(i0, i1):
+                    out[j, i] = A[i, j]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from itertools import accumulate
 
 from ._backend import Array
-from .operator import LinearOperator, common_properties
+from .operator import LinearOperator, common_properties, list_terms
 
 
 class BlockDiag(LinearOperator):
@@ -59,13 +59,16 @@ class BlockDiag(LinearOperator):
     def _transpose(self) -> BlockDiag:
         return BlockDiag([op.T for op in self._blocks])
 
+    def _term(self) -> str:
+        return f"BlockDiag({list_terms(self._blocks, ', ')})"
+
     def inv(self) -> BlockDiag:
         """``diag(M₁⁻¹, …, M_b⁻¹)``."""
         return BlockDiag([op.inv() for op in self._blocks])
 
     def solve(self, b: Array) -> Array:
         """Solve blockwise; ``b`` of shape ``(N,)`` or ``(N, k)``."""
-        return self.inv() @ b
+        return self._solve_with(self.inv, b)
 
     def logdet(self) -> Array:
         """``Σᵢ log det Mᵢ``."""

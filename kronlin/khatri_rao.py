@@ -16,7 +16,7 @@ import array_api_compat
 import numpy as np
 
 from ._backend import Array, device, dtype_name, namespace
-from ._validation import check_matrix
+from ._validation import check_matrix, check_same_device
 
 
 def khatri_rao(A: Array, B: Array, *, out: Array | None = None) -> Array:
@@ -82,6 +82,7 @@ def face_split(A: Array, B: Array, *, out: Array | None = None) -> Array:
 def _checked_namespace(A: Array, B: Array, out: Array | None):
     """The shared namespace of the operands, after checking ``A`` and ``B``."""
     xp = namespace(A, B, out, names=("A", "B", "out"))
+    check_same_device((A, B), "A, B")
     check_matrix(xp, A, "A")
     check_matrix(xp, B, "B")
     return xp

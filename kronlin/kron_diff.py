@@ -17,8 +17,8 @@ from types import ModuleType
 
 from ._backend import Array, device, dtype_name, namespace
 from ._factorizations import cholesky, generalized_eigh
-from ._mode import kron_matmat
-from ._validation import symmetrized
+from ._mode import KronMatmat
+from ._validation import check_same_device, check_scalar, symmetrized
 from .errors import SingularDenominatorError
 from .kron import outer
 from .kron_eigen import KronEigen
@@ -48,27 +48,29 @@ class KronDiff(LinearOperator):
 
     def __init__(self, A: Array, B: Array, C: Array, D: Array):
         xp = namespace(A, B, C, D, names=("A", "B", "C", "D"))
+        check_same_device((A, B, C, D), "A, B, C, D")
         A, B, C, D = (symmetrized(xp, M, name) for M, name in zip((A, B, C, D), "ABCD", strict=True))
         if C.shape != A.shape:
             raise ValueError(f"C: expected shape {tuple(A.shape)} (as A), got {tuple(C.shape)}")
         if D.shape != B.shape:
             raise ValueError(f"D: expected shape {tuple(B.shape)} (as B), got {tuple(D.shape)}")
-        devices = {str(device(M)) for M in (A, B, C, D)}
-        if len(devices) > 1:
-            raise ValueError(f"A, B, C, D: expected one device, got {sorted(devices)}")
         dtype = xp.result_type(A, B, C, D)
         self.A, self.B, self.C, self.D = (xp.astype(M, dtype) for M in (A, B, C, D))
         n = A.shape[0] * B.shape[0]
         super().__init__((n, n), xp=xp, dtype=dtype, device=device(A))
+        self._AB, self._CD = KronMatmat(xp, (self.A, self.B)), KronMatmat(xp, (self.C, self.D))
 
     def _matmat(self, X: Array) -> Array:
-        xp = self.xp
-        return kron_matmat(xp, (self.A, self.B), X) - kron_matmat(xp, (self.C, self.D), X)
+        return self._AB(X) - self._CD(X)
 
     _rmatmat = _matmat  # symmetric
 
     def _transpose(self) -> KronDiff:
         return self
+
+    def _term(self) -> str:
+        (m, _), (n, _) = self.A.shape, self.B.shape
+        return f"KronDiff(A⊗B − C⊗D; A, C {m}x{m}; B, D {n}x{n})"
 
     def inv(self, *, damping: float = 0.0, rtol: float | None = None) -> KronEigen:
         r"""The exact inverse as a :class:`KronEigen` with bases ``(K₁, K₂)``.
@@ -81,6 +83,8 @@ class KronDiff(LinearOperator):
                 ``1/min|denominator|``.
 
         Raises:
+            TypeError, ValueError: ``damping`` is not a finite number ≥ 0, or ``rtol`` not a
+                finite number ≥ 0 (or ``None``).
             NotPositiveDefiniteError: ``A`` or ``B`` is not SPD.
             SingularDenominatorError: some denominator is below ``rtol``; the message names it
                 and suggests ``damping``.
@@ -92,7 +96,7 @@ class KronDiff(LinearOperator):
 
     def solve(self, b: Array, *, damping: float = 0.0) -> Array:
         """Solve ``(A⊗B − C⊗D + δ A⊗B) x = b`` for ``b`` of shape ``(N,)`` or ``(N, k)``."""
-        return self.inv(damping=damping) @ b
+        return self._solve_with(lambda: self.inv(damping=damping), b)
 
 
 def kron_diff_inverse(
@@ -108,6 +112,9 @@ def kron_diff_inverse(
     The work of :meth:`KronDiff.inv` for callers that already hold the Cholesky factors
     (:class:`~kronlin.BlockTridiagInverse` factors each diagonal factor once for everything).
     """
+    damping = check_scalar(damping, "damping", minimum=0.0)
+    if rtol is not None:
+        rtol = check_scalar(rtol, "rtol", minimum=0.0)
     (LA, LB), (C, D) = cholesky_factors, subtrahend
     s1, K1 = generalized_eigh(xp, LA, C, ("A", "C"))
     s2, K2 = generalized_eigh(xp, LB, D, ("B", "D"))
@@ -120,4 +127,5 @@ def kron_diff_inverse(
             f"|1 + damping − s1·s2| is {smallest:.3g} ≤ rtol = {tol:.3g} (damping={damping}); "
             "pass damping > 0 to regularize"
         )
-    return KronEigen._trusted((K1, K2), 1 / denominators, xp, orthonormal=False)
+    expression = f"(A⊗B − C⊗D + {damping:g}·A⊗B)⁻¹" if damping else "(A⊗B − C⊗D)⁻¹"
+    return KronEigen._trusted((K1, K2), 1 / denominators, xp, orthonormal=False, expression=expression)

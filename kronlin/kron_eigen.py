@@ -12,11 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ._backend import Array, device, namespace
-from ._mode import kron_matmat
-from ._validation import check_matrix
+from ._backend import Array, check_dtype, device, namespace
+from ._mode import KronMatmat, is_column_major, kron_matmat
+from ._validation import check_matrix, check_same_device, check_scalar
 from .errors import LinAlgError
-from .operator import LinearOperator
+from .operator import LinearOperator, shape_term
+
+_GENERIC = "K diag(S) Kᵀ"
+"""The repr's expression of a KronEigen built from its bases and values (not from another operator)."""
 
 
 class KronEigen(LinearOperator):
@@ -32,11 +35,19 @@ class KronEigen(LinearOperator):
     Apply costs ``4k·N·Σⱼ nⱼ`` flops for ``k`` vectors (``N = ∏nⱼ``): mode products with ``Kⱼᵀ``,
     an elementwise scaling by ``S``, mode products with ``Kⱼ``.
 
+    The repr shows what the matrix is, e.g. ``(Kron(3x3 ⊗ 2x2) + 0.1·I)⁻¹`` for
+    ``Kron(A, B).eigh().shift(0.1).inv()``, with the bases' shapes and whether they are
+    orthonormal.
+
     Raises:
-        TypeError: mixed backends or unsupported dtypes.
-        ValueError: a basis that is not square, or ``values`` of the wrong shape or non-finite.
+        TypeError: mixed backends, a non-array argument, or a dtype other than float32/float64
+            (complex ``values`` included: the operator is real symmetric).
+        ValueError: a basis that is not square, ``values`` of the wrong shape or non-finite, or
+            arrays on different devices.
 
     """
+
+    _shift_hint = "for M + c·I use M.shift(c) (orthonormal bases)"
 
     def __init__(self, bases: Sequence[Array], values: Array, *, orthonormal: bool = False):
         bases = tuple(bases)
@@ -44,31 +55,42 @@ class KronEigen(LinearOperator):
             raise ValueError("bases: expected at least one basis matrix, got none")
         names = (*(f"bases[{j}]" for j in range(len(bases))), "values")
         xp = namespace(*bases, values, names=names)
+        check_same_device([*bases, values], "bases and values")
         for K, name in zip(bases, names, strict=False):
             check_matrix(xp, K, name, square=True)
+        check_dtype(values, "values")
         expected = tuple(K.shape[0] for K in bases)
         if tuple(values.shape) != expected:
             raise ValueError(f"values: expected shape {expected}, got {tuple(values.shape)}")
         if not bool(xp.all(xp.isfinite(values))):
             raise ValueError("values: expected finite entries, got NaN or inf")
+        if not isinstance(orthonormal, bool):
+            raise TypeError(f"orthonormal: expected True or False, got {type(orthonormal).__name__}")
         dtype = xp.result_type(*bases, values)
         self._init(tuple(xp.astype(K, dtype) for K in bases), xp.astype(values, dtype), xp,
-                   orthonormal)
+                   orthonormal, _GENERIC)
 
-    def _init(self, bases, values, xp, orthonormal: bool) -> None:
+    def _init(self, bases, values, xp, orthonormal: bool, expression: str) -> None:
         n = math.prod(K.shape[0] for K in bases)
         super().__init__((n, n), xp=xp, dtype=values.dtype, device=device(values))
         self._bases = tuple(bases)
         self._values = values
         self._scale = xp.reshape(values, (n, 1))
         self._orthonormal = orthonormal
+        self._expression = expression
+        self._engine = KronMatmat(xp, self._bases)
 
     @classmethod
-    def _trusted(cls, bases, values, xp, *, orthonormal: bool) -> KronEigen:
-        """Build from arrays already checked (internal)."""
+    def _trusted(cls, bases, values, xp, *, orthonormal: bool, expression: str = _GENERIC) -> KronEigen:
+        """Build from arrays already checked (internal); ``expression`` is what the matrix is."""
         op = cls.__new__(cls)
-        op._init(bases, values, xp, orthonormal)
+        op._init(bases, values, xp, orthonormal, expression)
         return op
+
+    def _term(self) -> str:
+        kind = "orthonormal" if self._orthonormal else "general"
+        shapes = shape_term([tuple(K.shape) for K in self._bases])
+        return f"KronEigen({self._expression}; bases {shapes}, {kind})"
 
     @property
     def bases(self) -> tuple[Array, ...]:
@@ -86,8 +108,10 @@ class KronEigen(LinearOperator):
         return self._orthonormal
 
     def _matmat(self, X: Array) -> Array:
-        Y = kron_matmat(self.xp, self._bases, X, transpose=True)
-        return kron_matmat(self.xp, self._bases, self._scale * Y)
+        # Kᵀ X may come back in either layout (no copy); K (s ∘ ·) then restores X's
+        layout = "column" if X.shape[1] > 1 and is_column_major(X) else "row"
+        Y = self._engine(X, transpose=True, layout="any")
+        return self._engine(self._scale * Y, layout=layout)
 
     _rmatmat = _matmat  # symmetric
 
@@ -105,9 +129,15 @@ class KronEigen(LinearOperator):
             ValueError: the bases are not declared orthonormal (then the shift is not ``cI``).
 
         """
+        c = check_scalar(c, "c")
         if not self._orthonormal:
-            raise ValueError("KronEigen.shift: needs orthonormal bases (orthonormal=True)")
-        return KronEigen._trusted(self._bases, self._values + c, self.xp, orthonormal=True)
+            raise ValueError(
+                "KronEigen.shift: needs orthonormal bases (orthonormal=True): with general bases "
+                "K diag(S + c) Kᵀ is not M + cI"
+            )
+        term = f"{self._expression} + {c:g}·I" if c >= 0 else f"{self._expression} − {-c:g}·I"
+        return KronEigen._trusted(self._bases, self._values + c, self.xp, orthonormal=True,
+                                  expression=term)
 
     def inv(self) -> KronEigen:
         r"""The inverse :math:`K^{-\top} \operatorname{diag}(1 / \operatorname{vec} S) K^{-1}`.
@@ -119,9 +149,23 @@ class KronEigen(LinearOperator):
             LinAlgError: some eigenvalue is zero, or a basis is singular.
 
         """
+        return self._inverse("inv")
+
+    def solve(self, b: Array) -> Array:
+        """Solve ``M x = b`` for ``b`` of shape ``(N,)`` or ``(N, k)``.
+
+        Raises:
+            LinAlgError: some eigenvalue is zero, or a basis is singular.
+
+        """
+        return self._solve_with(lambda: self._inverse("solve"), b)
+
+    def _inverse(self, method: str) -> KronEigen:
+        """The inverse; errors name ``KronEigen.{method}``."""
         xp = self.xp
         if not bool(xp.all(self._values != 0)):
-            raise LinAlgError("KronEigen.inv: values contain zeros; the matrix is singular")
+            hint = "; M.shift(c) for c > 0 damps it" if self._orthonormal else ""
+            raise LinAlgError(f"KronEigen.{method}: values contain zeros; the matrix is singular{hint}")
         if self._orthonormal:
             bases = self._bases
         else:
@@ -130,12 +174,9 @@ class KronEigen(LinearOperator):
                 try:
                     bases.append(xp.linalg.inv(K).T)
                 except Exception as err:
-                    raise LinAlgError(f"KronEigen.inv: bases[{j}] is singular ({err})") from err
-        return KronEigen._trusted(bases, 1 / self._values, xp, orthonormal=self._orthonormal)
-
-    def solve(self, b: Array) -> Array:
-        """Solve ``M x = b`` for ``b`` of shape ``(N,)`` or ``(N, k)``."""
-        return self.inv() @ b
+                    raise LinAlgError(f"KronEigen.{method}: bases[{j}] is singular ({err})") from err
+        return KronEigen._trusted(bases, 1 / self._values, xp, orthonormal=self._orthonormal,
+                                  expression=f"({self._expression})⁻¹")
 
     def logdet(self) -> Array:
         r""":math:`\sum \log S + 2\sum_j (N/n_j)\log|\det K_j|` (the second term vanishes when orthonormal).

@@ -49,7 +49,6 @@ __all__ = [
     "diagonal_candidates",
     "kronecker_candidates",
     "tridiag_blocks",
-    "tridiag_candidates",
     "tridiag_inverse",
 ]
 
@@ -272,56 +271,3 @@ def tridiag_inverse(diag: Sequence[Pair], offdiag: Sequence[Pair]) -> kronlin.Bl
 
 def _shifted(M: Tensor, c: Tensor | float) -> Tensor:
     return M + c * torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
-
-
-def tridiag_candidates(
-    A: Sequence[Tensor],
-    G: Sequence[Tensor],
-    A_cross: Sequence[Tensor],
-    G_cross: Sequence[Tensor],
-    pis: Sequence[Tensor],
-    others: Sequence[Candidates],
-    gammas: Sequence[float],
-) -> tuple[list[kronlin.LinearOperator], list[float], list[tuple[list[Pair], list[Pair]]]]:
-    r""":math:`\hat F_\gamma^{-1}` for each γ: the chain's ``BlockTridiagInverse``, the others beside it.
-
-    Args:
-        A: the chain's undamped input factors, in chain order.
-        G: its output factors, scaled by :math:`\kappa`.
-        A_cross: :math:`\bar A_{i-1,i}` of neighbouring layers.
-        G_cross: :math:`\kappa\tilde G_{i,i+1}`.
-        pis: :math:`\pi_i`.
-        others: the damped inverses of the blocks outside the chain, in the flat vector's order
-            after the chain's.
-        gammas: the damping candidates.
-
-    Returns:
-        ``(operators, kept, blocks)``: for each γ that every block could factor, the operator
-        (``BlockDiag([chain, *others])``, or the chain's alone), γ, and the chain's
-        ``(diag, offdiag)`` blocks (to rebuild it).
-
-    Raises:
-        FactorError: no γ works.
-
-    """
-    ok = (torch.stack([o.ok for o in others]).all(0).tolist() if others
-          else [True] * len(gammas))
-    ops, kept, blocks, error = [], [], [], None
-    for j, gamma in enumerate(gammas):
-        if not ok[j]:
-            error = FactorError(f"gamma={gamma} does not make every diagonal block positive definite")
-            continue
-        try:
-            b = tridiag_blocks(A, G, A_cross, G_cross, pis, gamma)
-            op = tridiag_inverse(*b)
-        except FactorError as err:
-            error = err
-            continue
-        if others:
-            op = kronlin.BlockDiag([op, *(o.build(j) for o in others)])
-        ops.append(op)
-        kept.append(gamma)
-        blocks.append(b)
-    if not ops:
-        raise error
-    return ops, kept, blocks

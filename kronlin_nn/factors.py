@@ -58,6 +58,7 @@ def output_vectors(
     fisher: FisherKind,
     generator: torch.Generator | None,
     scale: Tensor | None = None,
+    rows: tuple[Sequence[int], int] | None = None,
 ) -> Tensor:
     r"""The vectors to backpropagate from the outputs: shape ``(K, n, D)``.
 
@@ -73,15 +74,30 @@ def output_vectors(
         generator: random source for ``"mc"``.
         scale: ``(n, D)`` or ``(n, 1)`` factors of the loss's weights
             (:attr:`~kronlin_nn.losses.SubBatchWeights.outputs`), or ``None``.
+        rows: ``(positions, N)``: the cases of ``z`` are rows ``positions`` of a batch of
+            ``N`` cases (a shard of a union batch); ``"mc"`` then draws the sample of all ``N``
+            cases and gives each case its row, so that a case's target does not depend on how
+            the batch is split. Each distribution's sample of a row depends on that row's
+            outputs and random draws only. Default: the ``n`` cases are the batch.
 
     """
     if fisher == "mc":
-        vectors = dist.output_grad(z, dist.sample_targets(z, generator))[None]
+        vectors = dist.output_grad(z, _sample(dist, z, generator, rows))[None]
     elif fisher == "empirical":
         vectors = dist.data_grad(z, targets)[None]
     else:
         vectors = dist.fisher_sqrt(z)
     return vectors if scale is None else vectors * scale
+
+
+def _sample(dist: PredictiveDistribution, z: Tensor, generator: torch.Generator | None,
+            rows: tuple[Sequence[int], int] | None) -> Tensor:
+    """Targets for the cases ``z`` drawn as rows ``rows`` of a batch (see :func:`output_vectors`)."""
+    if rows is None or rows[1] == z.shape[0]:
+        return dist.sample_targets(z, generator)
+    index = torch.as_tensor(rows[0], dtype=torch.long, device=z.device)
+    union = z.new_zeros(rows[1], z.shape[1]).index_copy_(0, index, z)
+    return dist.sample_targets(union, generator)[index]
 
 
 def output_gradients(z: Tensor, outputs: Sequence[Tensor], vectors: Tensor) -> list[Tensor]:

@@ -136,11 +136,23 @@ class PredictiveDistribution:
         """Per-output curvature weights ``(n, D)`` from targets ``(n, …)`` (``None``: all one)."""
         return None
 
-    def weights(self, targets: Tensor, n: int, dtype: torch.dtype) -> SubBatchWeights:
+    def weights(self, targets: Tensor, n: int, dtype: torch.dtype,
+                union: tuple[int, Tensor, Tensor, Tensor] | None = None) -> SubBatchWeights:
         """The :class:`SubBatchWeights` of the first ``n`` cases of the batch with ``targets``.
 
         Every weight is computed in ``dtype`` on the device (no host synchronization); a
         sub-batch whose cases all weigh zero gives non-finite weights, so non-finite statistics.
+
+        Args:
+            targets: the batch's targets.
+            n: the cases of the sub-batch.
+            dtype: the weights' dtype.
+            union: for a shard of a union batch (:mod:`kronlin_nn.distributed`), whose first
+                ``n`` cases are its part of the union's sub-batch: ``(N, Σ_S c, Σ c, Σ d)``,
+                the union sub-batch's size and sum of :math:`c`, and the union batch's sums
+                of :math:`c` and of what the reduction divides by (:meth:`weight_sums`,
+                summed over the shards). Default: ``targets`` is the batch.
+
         """
         cases = self.case_weights(targets, dtype)
         elements = self.element_weights(targets[:n])
@@ -148,10 +160,31 @@ class PredictiveDistribution:
         if cases is None:
             return SubBatchWeights(None, root)
         c = cases.curvature
-        w = c[:n] * (n / c[:n].sum())
-        total = c.sum() / (cases.reduction.sum() if self.reduction == "mean" else c.shape[0])
+        if union is None:
+            w = c[:n] * (n / c[:n].sum())
+            total = c.sum() / (cases.reduction.sum() if self.reduction == "mean" else c.shape[0])
+        else:
+            N, sub, c_sum, d_sum = union
+            w, total = c[:n] * (N / sub), c_sum / d_sum
         case_root = (w * total).sqrt()[:, None]
         return SubBatchWeights(w, case_root if root is None else case_root * root)
+
+    def weight_sums(self, targets: Tensor, sizes: tuple[int, ...],
+                    dtype: torch.dtype) -> Tensor | None:
+        r"""The sums of a shard that its union's :meth:`weights` need (``None``: all weights one).
+
+        Returns:
+            ``(len(sizes) + 2,)``: :math:`\sum_{i<n} c_i` for each ``n`` of ``sizes``, then
+            :math:`\sum c` and what the reduction divides by, :math:`\sum d` (``"mean"``) or
+            the number of cases (``"sum"``); every entry adds over shards.
+
+        """
+        cases = self.case_weights(targets, dtype)
+        if cases is None:
+            return None
+        c, d = cases.curvature, cases.reduction
+        count = d.sum() if self.reduction == "mean" else c.new_tensor(float(c.shape[0]))
+        return torch.stack([*(c[:n].sum() for n in sizes), c.sum(), count])
 
     def output_grad(self, z: Tensor, y: Tensor) -> Tensor:
         r""":math:`\partial \ell(y_n, z_n) / \partial z_n` for every case: shape ``(n, D)``.

@@ -30,6 +30,11 @@ in any of three forms that give the same iteration (:mod:`kronlin_nn.steps`):
 
 Host syncs per step: one for the finiteness checks, one for the quadratic model's scalars,
 and one more on ρ steps (plus a few on refresh steps).
+
+In a process group each rank passes its shard of the batch (in any of the three forms) and the
+iteration is the one on the union of the shards; the few collectives that make the union's
+quantities, and the split of the refreshes over the ranks, are :mod:`kronlin_nn.distributed`'s
+(no-ops in one process).
 """
 
 from __future__ import annotations
@@ -48,14 +53,7 @@ import kronlin
 
 from .blocks import UNSUPPORTED, CurvatureBlock, KroneckerBlock, check_tridiag_chain, model_blocks
 from .capture import LayerIO, Pass, PassRecorder, Recorder, group_calls, merged_calls, own_passes
-from .curvature import (
-    FactorError,
-    KFACWarning,
-    blockdiag_candidates,
-    check_finite,
-    tridiag_candidates,
-    tridiag_inverse,
-)
+from .curvature import FactorError, KFACWarning, blockdiag_candidates, check_finite
 from .damping import (
     GAMMA_RULES,
     PI_KINDS,
@@ -66,8 +64,8 @@ from .damping import (
     lm_decay,
     lm_rest_point,
     lm_update,
-    pi_scales,
 )
+from .distributed import Replicas, Traffic
 from .factors import (
     check_fisher,
     cross_factors,
@@ -76,7 +74,7 @@ from .factors import (
     output_vectors,
 )
 from .layout import ParameterLayout
-from .losses import predictive_distribution
+from .losses import SubBatchWeights, predictive_distribution
 from .quadratic import (
     cached_output_jvps,
     gram_accuracy,
@@ -85,8 +83,9 @@ from .quadratic import (
     reduction_ratio,
     solve_coefficients,
 )
-from .statistics import FactorStatistics
+from .statistics import SYMMETRIC_GROUPS, FactorStatistics
 from .steps import (
+    WEIGHT_RTOL,
     Batch,
     autocast_as,
     autocast_state,
@@ -96,12 +95,14 @@ from .steps import (
     momentum_kind,
     user_batch,
 )
+from .units import inverse_units
 
 __all__ = ["KFAC"]
 
 APPROXIMATIONS = ("blockdiag", "tridiag")
 UNITS = ("loss", "case")
-_STATE_VERSION = 4
+# 5: the inverse as each unit's tensors (:mod:`kronlin_nn.units`), the union's statistics
+_STATE_VERSION = 5
 # The default lower bound of λ in units of ε·λ_top (ε the dtype's machine epsilon): a hundred
 # rounding errors of the quadratic model's entries. At ε·λ_top, full-batch float32 training
 # still took uphill steps near its end (scikit-learn's digits autoencoder).
@@ -199,6 +200,22 @@ class KFAC(torch.optim.Optimizer):
             ``"diagonal"`` (a diagonal-Fisher block), ``"first_order"`` (the damping alone,
             :math:`\gamma^2 I`: a gradient step sized by the quadratic model) or ``"error"``
             (:func:`~kronlin_nn.blocks.model_blocks`).
+        grad_worker_fraction: in data-parallel training, the fraction ``f`` of the ranks that
+            hold each refreshed inverse and apply it (KAISA's gradient-worker fraction;
+            ``f·W`` must divide the world size ``W``): ``1`` (default) broadcasts each inverse
+            to every rank, which then needs no communication but the gradient's between
+            refreshes; ``1/W`` keeps each inverse on the rank that refreshed it, which
+            broadcasts its blocks' part of the proposals at every step (the least memory).
+            Ignored in one process (:mod:`kronlin_nn.distributed`).
+        process_group: the data-parallel group; default: a ``DistributedDataParallel``
+            model's, else the default group if ``torch.distributed`` is initialized, else none.
+
+    Data-parallel training: in every rank of an initialized process group, build the optimizer
+    on the same model (wrapped in ``DistributedDataParallel`` or not; rank 0's parameters and
+    seed are broadcast) and step on the rank's shard of the batch, in any of the three forms of
+    :meth:`step`. The step is the single-process step on the union of the shards
+    (:func:`~kronlin_nn.distributed.union_order`): same α, μ, λ, γ and update on every rank.
+    :attr:`traffic` counts the bytes communicated.
 
     The diagnostics of a step (returned by :meth:`step` in its first two forms, and kept in
     :attr:`last_step`) are a dict with ``"loss"`` (:math:`h(\theta)` before the step, weight
@@ -246,6 +263,8 @@ class KFAC(torch.optim.Optimizer):
         damping_bounds: tuple[float, float] | None = None,
         rho_includes_damping: bool = True,
         unsupported: str = "diagonal",
+        grad_worker_fraction: float = 1.0,
+        process_group: Any = None,
     ):
         _validate(approx=approx, fisher=fisher, lr=lr, momentum=momentum, damping=damping,
                   gamma_rule=gamma_rule, units=units, weight_decay=weight_decay,
@@ -254,7 +273,7 @@ class KFAC(torch.optim.Optimizer):
                   stats_fraction=stats_fraction, quad_fraction=quad_fraction,
                   quad_min_cases=quad_min_cases, pi=pi,
                   damping_bounds=damping_bounds, gamma_bounds=gamma_bounds,
-                  unsupported=unsupported)
+                  unsupported=unsupported, grad_worker_fraction=grad_worker_fraction)
         check_model(model)
         if loss_fn is None:
             raise TypeError(
@@ -264,6 +283,8 @@ class KFAC(torch.optim.Optimizer):
             )
         self._dist = predictive_distribution(loss_fn)
         self._dist.check_fisher(fisher)
+        model, self._replicas = Replicas.of(model, process_group)
+        self.grad_worker_fraction = grad_worker_fraction
         blocks = model_blocks(model, unsupported)
         check_dtypes(blocks)
         super().__init__([p for b in blocks for p in b.params if p is not None],
@@ -288,16 +309,17 @@ class KFAC(torch.optim.Optimizer):
         self._registration = {id(b): i for i, b in enumerate(blocks)}
         self._ordered = False
         self._arrange(blocks)
+        self._replicas.broadcast_(self._layout.trainable())  # the same start on every rank
         self._names = {id(p): n for n, p in model.named_parameters()}
         self._stats = FactorStatistics(ema_max)
         self._lambda = damping
         self._gamma = None if damping is None else math.sqrt(damping + weight_decay)
         self._delta0: Tensor | None = None
-        self._inverse: kronlin.LinearOperator | None = None
-        self._inverse_data: dict | None = None
+        self._inverse: list[kronlin.LinearOperator | None] | None = None  # per unit, where applied
         self._k = 0
         self._rejected = 0
-        self._seed = int(torch.randint(0, 2**62, ())) if seed is None else int(seed)
+        self._seed = self._replicas.agree(
+            int(torch.randint(0, 2**62, ())) if seed is None else int(seed))
         self._generator: torch.Generator | None = None
         self._passes = PassRecorder(model, [b.module if b.recorded else None for b in blocks],
                                     loss_fn, self._layout.trainable()[0])
@@ -311,6 +333,11 @@ class KFAC(torch.optim.Optimizer):
     def iteration(self) -> int:
         """The number of iterations done, ``k`` (steps rejected for non-finite values excluded)."""
         return self._k
+
+    @property
+    def traffic(self) -> Traffic:
+        """The bytes this rank's collectives moved, by kind (all zero in one process)."""
+        return self._replicas.traffic
 
     def step(self, *args: Tensor | Callable[[], Any],  # type: ignore[override]
              closure: Callable[[], Any] | None = None) -> Any:
@@ -360,21 +387,26 @@ class KFAC(torch.optim.Optimizer):
             self.last_step = self._step_on(args, ambient)
         finally:
             self._passes.clear()
+            self._replicas.forget_passes()
         return returned if closure is not None else self.last_step
 
     def _step_on(self, args: tuple, ambient: tuple[str, torch.dtype] | None) -> dict[str, Any]:
         """The iteration on the batch of form (a) (``args``) or of the recorded passes."""
         device = self._layout.trainable()[0].device.type
         if args:
+            # every rank's shard size first: this rank's part of S₁ decides the graph's reuse
+            self._shards = self._replicas.shards(args[0].shape[0])
             with own_passes():
                 data = self._own_batch(*args, ambient)
         else:
             found_inf = getattr(self, "found_inf", None)  # set by GradScaler.step
-            if found_inf is not None and float(found_inf) > 0:
+            # an overflow on any rank skips the step on every rank
+            if found_inf is not None and self._replicas.max(float(found_inf)) > 0:
                 return self._skipped()
             grad_scale = getattr(self, "grad_scale", None)
             data = user_batch(self._passes, self._dist, self._layout.trainable(), grad_scale,
                               unscaled=found_inf is not None and grad_scale is None)
+            self._shards = self._replicas.shards(data.inputs.shape[0])
         with own_passes(), autocast_as(None, device):  # K-FAC's passes in the parameters' dtype
             return self._iterate(data)
 
@@ -412,7 +444,7 @@ class KFAC(torch.optim.Optimizer):
                 "forward pass of yours was backpropagated since the last step: call opt.step() "
                 "to take that one, or opt.zero_grad() to discard it"
             )
-        n1 = self._sizes(inputs.shape[0])[0]
+        n1 = self._shards.count(self._sizes(self._shards.total)[0], "stats_fraction")
         z, calls = self._forward(inputs)
         # without autocast, S₁ = S' can reuse this pass's graph for the extra backward
         graph = autocast is None and n1 == inputs.shape[0]
@@ -426,7 +458,10 @@ class KFAC(torch.optim.Optimizer):
                 "mu": math.nan, "rho": math.nan, "refreshed": False, "accepted": False}
 
     def _sizes(self, m: int) -> tuple[int, int]:
-        """``(n₁, n₂)``: the sizes of :math:`S_1` (statistics) and :math:`S_2` (quadratic model)."""
+        """``(n₁, n₂)``: the sizes of :math:`S_1` (statistics) and :math:`S_2` (quadratic model).
+
+        Of a batch of ``m`` cases: in a process group, the union's.
+        """
         n1 = min(m, max(1, math.ceil(self.stats_fraction * m)))
         n2 = min(m, max(math.ceil(self.quad_fraction * m), self.quad_min_cases))
         return n1, n2
@@ -437,27 +472,37 @@ class KFAC(torch.optim.Optimizer):
         lr, momentum = group["lr"], group["momentum"]
         inputs, targets, z = data.inputs, data.targets, data.z
         self._pass_autocast = data.autocast
-        m = inputs.shape[0]
-        n1, n2 = self._sizes(m)
-        kappa = self._dist.scale(m, z[:1].numel()) * m
+        # the union of the ranks' shards is the batch (one process: the shard itself); this
+        # rank's first n1 and n2 cases are its part of the union's sub-batches S₁ and S₂
+        shards = self._shards
+        m, M = shards.local, shards.total
+        N1, N2 = self._sizes(M)
+        n1, n2 = shards.count(N1, "stats_fraction"), shards.count(N2, "quad_fraction")
+        kappa = self._dist.scale(M, z[:1].numel()) * M
         unit = kappa if self.units == "case" else 1.0  # loss units per unit of λ and η
         eta = group["weight_decay"] * unit
         # S₁ gets a forward pass of its own, so the extra backward costs τ₁ of a full one
         z1, calls1 = (z, data.calls) if n1 == m and data.graph else self._forward(inputs[:n1])
         calls = self._batch_calls(data, n2)
-        h, theta, grad_h = self._pack_gradient(data, eta)
-        w1 = self._dist.weights(targets, n1, theta.dtype)
-        w2 = self._dist.weights(targets, n2, theta.dtype).outputs
-        g = self._extra_backward(z1, calls1, targets[:n1], n1, w1.outputs)
+        dtype = self._layout.trainable()[0].dtype
+        w1, w2, self._shares = self._weights(targets, (n1, N1), (n2, N2), dtype)
+        g = self._extra_backward(z1, calls1, targets[:n1], n1, w1.outputs, shards.positions(N1),
+                                 N1)
         batch = self._factor_estimates(calls1, g, n1, w1.inputs)
+        if n1 != N1:  # this rank's share of the union's per-case averages
+            torch._foreach_mul_([t for ts in batch.values() for t in ts], n1 / N1)
+        stats_norm = _total_norm([t for ts in batch.values() for t in ts],
+                                 self._layout.trainable()[0])
+        h, theta, grad_h, stats_norm, others = self._pack_gradient(data, eta, self._shares,
+                                                                    stats_norm)
 
         # one host sync for all the finiteness checks
-        stats_norm = _total_norm([t for ts in batch.values() for t in ts], grad_h)
-        audits = [] if data.audit is None else [data.audit.to(h.dtype)]
+        audits = [] if data.audit is None else [data.audit.to(h.dtype), *others]
         checks = torch.stack([h, grad_h.sum(), stats_norm, *audits])
         h_value, grad_sum, stats_sum, *audit = checks.tolist()
         if audit:
             data.verify(audit[0])
+            _check_other_ranks(audit[1:])
         if not (math.isfinite(h_value) and math.isfinite(grad_sum)):
             return self._reject(h_value)
         self._k += 1
@@ -467,14 +512,15 @@ class KFAC(torch.optim.Optimizer):
         else:
             warnings.warn(f"step {k}: non-finite curvature statistics; batch skipped", KFACWarning,
                           stacklevel=5)
-        if self._damping_bounds is None or self._lambda is None:
+        if self._damping_bounds is None or self._lambda is None:  # the first batch's, once
+            batch = self._union_groups(batch, "factors")
             top = curvature_scale(*self._kronecker_pairs(batch, kappa))  # in the loss's units
         if self._damping_bounds is None:
             self._damping_bounds = (LAMBDA_FLOOR * torch.finfo(grad_h.dtype).eps * top / unit,
                                     math.inf)
         if self._lambda is None:
             self._lambda = self._search_damping(top, unit, batch, kappa, grad_h, theta, calls,
-                                                inputs, targets, z, m, n2, h_value, eta,
+                                                inputs, targets, z, n2, h_value, eta,
                                                 lr if self._fixed_lr else None, w2) / unit
             self._gamma = math.sqrt(self._lambda + group["weight_decay"])
 
@@ -490,7 +536,7 @@ class KFAC(torch.optim.Optimizer):
         elif self.adapt_damping and k % self.gamma_every == 0:
             candidates = gamma_candidates(self._gamma, gamma_decay(self.gamma_every),
                                           self._gamma_bounds(group["weight_decay"]))
-        ops, candidates, blocks = self._operators(candidates, kappa, refreshed, math.sqrt(unit))
+        ops, candidates = self._operators(candidates, kappa, refreshed, math.sqrt(unit))
         if ops is None:
             refreshed = False
             ops, candidates = [self._inverse], [self._gamma]
@@ -502,7 +548,7 @@ class KFAC(torch.optim.Optimizer):
                  0.0 if momentum is False else (None if momentum is True else momentum))
         delta0 = self._delta0 if fixed[1] != 0.0 else None
         if not self._fixed_lr or momentum is True or self.adapt_damping:
-            best = self._quadratic_model(deltas, delta0, grad_h, calls, inputs[:n2], z, m,
+            best = self._quadratic_model(deltas, delta0, grad_h, calls, inputs[:n2], z,
                                          lam * unit + eta, eta, fixed,
                                          1.0 if self._fixed_lr else lr, w2)
         else:  # plain K-FAC steps: no quadratic model needed
@@ -516,7 +562,7 @@ class KFAC(torch.optim.Optimizer):
         if delta0 is not None and mu != 0.0:
             delta.add_(delta0, alpha=mu)
         if refreshed:
-            self._adopt_inverse(ops[j], None if blocks is None else blocks[j])
+            self._inverse = ops[j]
         self._gamma = candidates[j]
 
         rho, new_theta = math.nan, None
@@ -566,6 +612,12 @@ class KFAC(torch.optim.Optimizer):
         self._chain = (sum(1 for b in self._blocks if b.chainable)
                        if self.approx == "tridiag" else 0)
         self._cached_tangents = all(b.cached_tangents for b in self._blocks)
+        # the units of the inverse refresh (known with the forward order, which puts a chain
+        # first), and which rank refreshes and applies each
+        self._units = (inverse_units(self._blocks, self._layout.offsets, self._slots, self._chain)
+                       if self._ordered else [])
+        self._assignment = self._replicas.assignment([u.cost for u in self._units],
+                                                     self.grad_worker_fraction)
 
     def _kronecker_pairs(self, batch: dict[str, list[Tensor]],
                          kappa: float) -> tuple[list[Tensor], list[Tensor]]:
@@ -578,6 +630,13 @@ class KFAC(torch.optim.Optimizer):
         """Per block, its statistics from the named groups (a batch's or the averages)."""
         return [[groups[name][slot[name]] for name in b.statistics]
                 for b, slot in zip(self._blocks, self._slots, strict=True)]
+
+    def _union_groups(self, groups: dict[str, list[Tensor]], kind: str) -> dict[str, list[Tensor]]:
+        """Named groups of statistics summed over the ranks (the groups themselves in one process)."""
+        tensors = [t for ts in groups.values() for t in ts]
+        flags = [name in SYMMETRIC_GROUPS for name, ts in groups.items() for _ in ts]
+        summed = iter(self._replicas.sum_statistics(tensors, flags, kind))
+        return {name: [next(summed) for _ in ts] for name, ts in groups.items()}
 
     # -- the steps of an iteration --------------------------------------------------------
     def _forward(self, inputs: Tensor) -> tuple[Tensor, list[LayerIO]]:
@@ -612,11 +671,11 @@ class KFAC(torch.optim.Optimizer):
             order = ([i for i in order if self._blocks[i].chainable]
                      + [i for i in order if not self._blocks[i].chainable])
             check_tridiag_chain(self._blocks, [c for c in calls if self._blocks[c.layer].chainable])
+        self._ordered = True
         self._arrange([self._blocks[i] for i in order])
         position = {old: new for new, old in enumerate(order)}
         for c in calls:
             c.layer = position[c.layer]
-        self._ordered = True
 
     def _in_layer_order(self, calls: list[LayerIO]) -> list[LayerIO]:
         chain = [c.layer for c in calls if c.layer < self._chain]
@@ -664,26 +723,91 @@ class KFAC(torch.optim.Optimizer):
             block.check(block_calls)
         return calls
 
-    def _pack_gradient(self, data: Batch, eta: float) -> tuple[Tensor, Tensor, Tensor]:
-        r"""``(h, θ, ∇h)``: the objective (0-d), the flat parameters and the flat gradient.
+    def _weights(self, targets: Tensor, first: tuple[int, int], quad: tuple[int, int],
+                 dtype: torch.dtype) -> tuple[SubBatchWeights, Tensor | None, list[float]]:
+        """``(w₁, w₂, shares)``: the loss's weights of this rank's cases of S₁ and S₂, and shares.
 
-        :math:`h = \text{loss} + \tfrac\eta2\|\theta\|^2`, :math:`\nabla h = \nabla\text{loss} + \eta\theta`.
+        ``first``, ``quad``: ``(n, N)``, this rank's cases of S₁ (of S₂) and the union's.
+        ``w₁`` is :meth:`~kronlin_nn.losses.PredictiveDistribution.weights` of S₁, ``w₂`` the
+        output weights of S₂, normalized over the union's sub-batches. ``shares``: every
+        rank's share of the union batch's loss, its part of what the reduction divides by
+        (:math:`m_r/M` for ``"mean"``, with case weights its sum of :math:`d` over the union's;
+        1 for ``"sum"``). With case weights in a process group, one all-reduce of a table of
+        every rank's sums (each column sum exact, and the same on every rank).
+        """
+        (n1, N1), (n2, N2) = first, quad
+        shards, size = self._shards, self._replicas.size
+        if size == 1:
+            return (self._dist.weights(targets, n1, dtype),
+                    self._dist.weights(targets, n2, dtype).outputs, [1.0])
+        mean = self._dist.reduction == "mean"
+        sums = self._dist.weight_sums(targets, (n1, n2), dtype)
+        if sums is None:
+            shares = [m / shards.total if mean else 1.0 for m in shards.sizes]
+            return (self._dist.weights(targets, n1, dtype),
+                    self._dist.weights(targets, n2, dtype).outputs, shares)
+        table = sums.new_zeros(size, sums.shape[0])
+        table[shards.rank] = sums
+        (table,) = self._replicas.sum_shares([table], 1.0, "scalars")
+        union = table.sum(0)
+        shares = (table[:, 3] / union[3]).tolist() if mean else [1.0] * size
+        c_sum, d_sum = union[2], union[3]
+        return (self._dist.weights(targets, n1, dtype, (N1, union[0], c_sum, d_sum)),
+                self._dist.weights(targets, n2, dtype, (N2, union[1], c_sum, d_sum)).outputs,
+                shares)
+
+    def _pack_gradient(self, data: Batch, eta: float, shares: Sequence[float],
+                       stats_norm: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]:
+        r"""``(h, θ, ∇h, stats, others)``: the union's objective, θ, its gradient; the checks.
+
+        :math:`h = \text{loss} + \tfrac\eta2\|\theta\|^2`, :math:`\nabla h = \nabla\text{loss} + \eta\theta`
+        (0-d, and flat vectors), the loss the union batch's. In a process group each rank's loss
+        and gradient count with its share of the union's (``shares[rank]``), summed in one
+        all-reduce with ``stats_norm`` (the statistics' finiteness check, returned summed) and,
+        for the user's passes, whether each rank's loss weights failed their check (``others``:
+        how many other ranks' did; empty in one process and for ``opt.step(inputs, targets)``).
+        Weight decay is added once, after the sum. The user's backward through a
+        ``DistributedDataParallel`` model has averaged ``.grad`` over the ranks already: it is
+        rescaled to the union's (:math:`W s` for the ranks' common share :math:`s`), not
+        reduced again.
         """
         theta = self._layout.flat_parameters()
-        grad_h = self._layout.pack(self._layout.regroup(data.grads)).add_(theta, alpha=eta)
-        return data.loss + 0.5 * eta * (theta @ theta), theta, grad_h
+        grad = self._layout.pack(self._layout.regroup(data.grads))
+        loss, others = data.loss, []
+        replicas = self._replicas
+        if replicas.size > 1:
+            share = shares[replicas.rank]
+            averaged = data.passes is not None and replicas.averaged(shares)
+            if share == 0.0:  # every case of the shard weighs nothing: its mean was 0/0
+                loss, grad = torch.zeros_like(loss), torch.zeros_like(grad)
+            failed = ([] if data.audit is None else
+                      [(data.audit > WEIGHT_RTOL).to(grad.dtype).reshape(())])
+            shared = [loss.to(grad.dtype), stats_norm.to(grad.dtype)]
+            loss, stats_norm, *rest = replicas.sum_shares(
+                shared if averaged else [*shared, grad], share, "gradient", unweighted=failed)
+            if averaged:
+                if replicas.size * share != 1.0:
+                    grad.mul_(replicas.size * share)
+            else:
+                grad = rest.pop(0)
+            others = [rest[0] - failed[0]] if failed else []
+        grad_h = grad.add_(theta, alpha=eta)
+        return loss + 0.5 * eta * (theta @ theta), theta, grad_h, stats_norm, others
 
     def _extra_backward(self, z1: Tensor, calls: Sequence[LayerIO], targets: Tensor,
-                        n1: int, scale: Tensor | None = None) -> list[Tensor]:
-        """The output gradients of the ``S_1`` sub-batch for sampled (or data) targets.
+                        n1: int, scale: Tensor | None, positions: Sequence[int],
+                        N1: int) -> list[Tensor]:
+        """The output gradients of this rank's ``S_1`` cases for sampled (or data) targets.
 
         ``scale``: the loss's weights of the vectors (:attr:`SubBatchWeights.outputs
-        <kronlin_nn.losses.SubBatchWeights>`).
+        <kronlin_nn.losses.SubBatchWeights>`). ``positions`` are the cases' places among the
+        union's ``N1`` cases of ``S_1``: the union's sample is drawn, and each case gets its
+        row of it.
         """
         z1 = z1.reshape(n1, -1)
         y = flat_targets(targets, n1) if self.fisher == "empirical" else None
         vectors = output_vectors(self._dist, z1.detach(), y, self.fisher, self._rng(z1.device),
-                                 scale)
+                                 scale=scale, rows=(positions, N1))
         return output_gradients(z1, [c.output() for c in calls], vectors)
 
     def _factor_estimates(self, calls: Sequence[LayerIO], g: Sequence[Tensor],
@@ -721,41 +845,71 @@ class KFAC(torch.optim.Optimizer):
         """
         return self.reject_uphill and -model_change > h_value
 
-    def _proposals(self, ops: Sequence[kronlin.LinearOperator], grad_h: Tensor) -> list[Tensor]:
-        r""":math:`\Delta_\gamma = -\tilde F_\gamma^{-1}\nabla h` for each candidate's operator."""
-        return [-(op @ grad_h) for op in ops]
+    def _proposals(self, ops: Sequence[Sequence[kronlin.LinearOperator | None]],
+                   grad_h: Tensor) -> list[Tensor]:
+        r""":math:`\Delta_\gamma = -\tilde F_\gamma^{-1}\nabla h` for each candidate's inverse.
+
+        ``ops[j][u]`` is candidate ``j``'s inverse of unit ``u``, held where it is applied; each
+        unit is applied there to its segment of ∇h, and the parts are shared.
+        """
+        local = []
+        for u, unit in enumerate(self._units):
+            if not self._assignment.applies(u):
+                local.append(None)
+                continue
+            g = grad_h[unit.start: unit.stop]
+            local.append(-torch.stack([row[u] @ g for row in ops]))
+        sizes = [unit.size for unit in self._units]
+        like = grad_h.expand(len(ops), -1)
+        return list(self._replicas.share_directions(local, sizes, self._assignment, like))
 
     def _operators(self, candidates: list[float], kappa: float, refresh: bool,
                    gamma_scale: float = 1.0):
-        """The damped inverse for each candidate γ: ``(ops, kept γ, blocks)``.
+        """The damped inverse for each candidate γ: ``(ops, kept γ)``, ``ops[j]`` one per unit.
 
         Candidates whose damped curvature cannot be factored are dropped; ``ops`` is ``None``
-        if the refresh failed. ``blocks`` holds, for ``tridiag``, each operator's chain blocks.
-        ``gamma_scale`` converts γ to the loss's units (√κ for ``units="case"``).
+        if the refresh failed. ``gamma_scale`` converts γ to the loss's units (√κ for
+        ``units="case"``).
         """
         if not refresh:
-            return [self._inverse], [self._gamma], None
+            return [self._inverse], [self._gamma]
         declared = {gamma * gamma_scale: gamma for gamma in candidates}
-        ops, kept, blocks = self._damped_inverses(list(declared), kappa)
-        return ops, None if kept is None else [declared[gamma] for gamma in kept], blocks
+        ops, kept = self._damped_inverses(list(declared), kappa)
+        return ops, None if kept is None else [declared[gamma] for gamma in kept]
 
     def _damped_inverses(self, candidates: list[float], kappa: float):
-        """:meth:`_operators` for γ in the loss's units."""
-        stats = self._block_stats(self._stats.groups)
-        try:
-            if self.approx == "blockdiag":
-                return (*blockdiag_candidates(self._candidates(self._blocks, stats, candidates,
-                                                               kappa), candidates), None)
-            return self._tridiag_operators(stats, candidates, kappa)
-        except FactorError as err:
+        """:meth:`_operators` for γ in the loss's units.
+
+        Each unit is refreshed on its owner rank from the union's statistics; a candidate is
+        kept if every unit could factor it (the flags reduced over the ranks), and the kept
+        inverses go to the ranks that apply them.
+        """
+        units, assignment = self._units, self._assignment
+        stats = self._replicas.reduce_statistics(
+            [[self._stats.groups[name][i] for name, i in u.keys] for u in units],
+            [u.symmetric_statistics() for u in units], assignment)
+        p = self._layout.trainable()[0]
+        gammas = torch.tensor(candidates, dtype=p.dtype, device=p.device)
+        found = [None if st is None else u.candidates(st, kappa, gammas, self.pi)
+                 for u, st in zip(units, stats, strict=True)]
+        ok = torch.ones(len(candidates), dtype=torch.bool, device=p.device)
+        for f in found:
+            if f is not None:
+                ok = ok & f.ok.to(ok.device)
+        kept = [j for j, good in enumerate(self._replicas.all_ok(ok).tolist()) if good]
+        if not kept:
+            err = (f"no damping in gamma={candidates} makes every block's damped curvature finite "
+                   f"and positive definite")
             if self._inverse is None:
                 raise FactorError(
                     f"step {self._k}: cannot build the first K-FAC inverse ({err}); give a "
                     f"larger damping"
-                ) from err
+                )
             warnings.warn(f"step {self._k}: inverse refresh skipped, keeping the last good "
                           f"inverses ({err})", KFACWarning, stacklevel=7)
-            return None, None, None
+            return None, None
+        ops = [[None if f is None else f.build(j) for f in found] for j in kept]
+        return self._replicas.share_inverses(ops, units, assignment), [candidates[j] for j in kept]
 
     def _candidates(self, blocks: Sequence[CurvatureBlock], stats: Sequence[Sequence[Tensor]],
                     candidates: list[float], kappa: float) -> list:
@@ -767,25 +921,15 @@ class KFAC(torch.optim.Optimizer):
         gammas = torch.tensor(candidates, dtype=p.dtype, device=p.device)
         return [b.inverses(st, kappa, gammas, self.pi) for b, st in zip(blocks, stats, strict=True)]
 
-    def _tridiag_operators(self, stats: Sequence[Sequence[Tensor]], candidates: list[float],
-                           kappa: float):
-        """``BlockTridiagInverse`` over the chain, the other blocks beside it, per candidate."""
-        c = self._chain
-        A, G = [st[0] for st in stats[:c]], [kappa * st[1] for st in stats[:c]]
-        G_cross = [kappa * g for g in self._stats.G_cross]
-        others = self._candidates(self._blocks[c:], stats[c:], candidates, kappa)
-        return tridiag_candidates(A, G, self._stats.A_cross, G_cross, pi_scales(A, G, self.pi),
-                                  others, candidates)
-
-    def _quadratic_model(self, deltas, delta0, grad_h, calls, inputs2, z, m, damping, eta,
-                         fixed, scale=1.0, weights=None):
+    def _quadratic_model(self, deltas, delta0, grad_h, calls, inputs2, z, damping, eta, fixed,
+                         scale=1.0, weights=None):
         """Pick the candidate and ``(α, μ)`` minimizing ``M``; ``None`` if non-finite.
 
         Returns ``(index, α, μ, M(δ)−M(0), M_ρ(δ)−M_ρ(0))`` where ``M_ρ`` drops λ unless
         ``rho_includes_damping``; the chosen coefficients are the minimizer's times ``scale``
         (the lr multiplier), and the model changes are at them.
         """
-        models = self._candidate_models(deltas, delta0, grad_h, calls, inputs2, z, m,
+        models = self._candidate_models(deltas, delta0, grad_h, calls, inputs2, z,
                                         [damping] * len(deltas), eta, fixed, scale, weights)
         if models is None:
             return None
@@ -795,7 +939,7 @@ class KFAC(torch.optim.Optimizer):
             return None
         return best
 
-    def _candidate_models(self, deltas, delta0, grad_h, calls, inputs2, z, m, dampings, eta,
+    def _candidate_models(self, deltas, delta0, grad_h, calls, inputs2, z, dampings, eta,
                           fixed, scale=1.0, weights=None):
         """Per candidate ``Δ_j`` with damping ``λ_j + η``: ``(α, μ, M(δ)−M(0), M_ρ(δ)−M_ρ(0))``.
 
@@ -806,7 +950,7 @@ class KFAC(torch.optim.Optimizer):
         vectors = deltas + ([delta0] if delta0 is not None else [])
         K = len(vectors)
         V = torch.stack(vectors)
-        JF = self._fisher_gram(V, calls, inputs2, z, m, weights)
+        JF = self._fisher_gram(V, calls, inputs2, z, weights)
         # P = [uᵢᵀuⱼ | uᵢᵀ∇h]: products of V with itself and with ∇h, without stacking them
         P = torch.cat([V @ V.T, (V @ grad_h)[:, None]], dim=1)
         host = torch.cat([JF.reshape(-1), P.reshape(-1)]).double().cpu().numpy()
@@ -831,7 +975,7 @@ class KFAC(torch.optim.Optimizer):
         return models
 
     def _search_damping(self, top, unit, batch, kappa, grad_h, theta, calls, inputs, targets,
-                        z, m, n2, h_value, eta, lr, weights=None) -> float:
+                        z, n2, h_value, eta, lr, weights=None) -> float:
         r"""λ₀ in the loss's units, by a search on the first batch.
 
         Each λ of :func:`~kronlin_nn.damping.damping_grid` gets its block-diagonal proposal
@@ -850,8 +994,8 @@ class KFAC(torch.optim.Optimizer):
         except FactorError:
             return lams[0]
         lams = [lam for lam, gamma in zip(lams, gammas, strict=True) if gamma in kept]
-        deltas = self._proposals(ops, grad_h)
-        models = self._candidate_models(deltas, None, grad_h, calls, inputs[:n2], z, m,
+        deltas = [-(op @ grad_h) for op in ops]  # every rank has the union's first batch
+        models = self._candidate_models(deltas, None, grad_h, calls, inputs[:n2], z,
                                         [lam + eta for lam in lams], eta, (lr, 0.0),
                                         weights=weights)
         if models is None:
@@ -865,9 +1009,10 @@ class KFAC(torch.optim.Optimizer):
         return lm_rest_point(lams, rhos, decreases)
 
     def _fisher_gram(self, V: Tensor, calls: Sequence[LayerIO], inputs2: Tensor, z: Tensor,
-                     m: int, weights: Tensor | None = None) -> Tensor:
-        r""":math:`[u_k^\top F u_l]` for the rows ``u_k`` of ``V``, F on the first ``n₂`` cases.
+                     weights: Tensor | None = None) -> Tensor:
+        r""":math:`[u_k^\top F u_l]` for the rows ``u_k`` of ``V``, F on the union's ``S₂``.
 
+        Each rank sums over its ``n₂`` cases of ``S₂``; one all-reduce of the ``K²`` entries.
         ``weights``: the loss's weights of the output tangents (:attr:`SubBatchWeights.outputs
         <kronlin_nn.losses.SubBatchWeights>` of the ``n₂`` cases), or ``None``.
         """
@@ -880,19 +1025,29 @@ class KFAC(torch.optim.Optimizer):
             Jt = output_jvps(self.model, inputs2, self._layout.named_tensors(V, self._names))
         if weights is not None:
             Jt = Jt * weights
-        gram = self._dist.fisher_gram(z[:n2].detach().reshape(n2, -1).to(V.dtype), Jt)
-        # F of the objective on S': s Σ_{n∈S'} ≈ s (m/n₂) Σ_{n∈S₂}
-        return gram * (self._dist.scale(m, z[:1].numel()) * m / n2)
+        (gram,) = self._replicas.sum_shares(
+            [self._dist.fisher_gram(z[:n2].detach().reshape(n2, -1).to(V.dtype), Jt)], 1.0,
+            "scalars")
+        # F of the objective on the union S': s Σ_{n∈S'} ≈ s (M/|S₂|) Σ_{n∈S₂}
+        M = self._shards.total
+        return gram * (self._dist.scale(M, z[:1].numel()) * M / self._sizes(M)[1])
 
     def _objective(self, inputs: Tensor, targets: Tensor, theta: Tensor, eta: float) -> float:
-        """:math:`h` at the flat parameters ``theta`` on the whole batch (one forward pass).
+        """:math:`h` at the flat parameters ``theta`` on the union batch (one forward pass each).
 
-        Under the autocast of the batch's pass, so that ρ compares values of one precision.
+        Under the autocast of the batch's pass, so that ρ compares values of one precision. In
+        a process group each rank's loss counts with its share (:meth:`_weights`), one
+        all-reduce.
         """
         with torch.no_grad(), autocast_as(self._pass_autocast, theta.device.type):
             params = self._layout.named_tensors(theta, self._names)
             z = functional_call(self.model, params, (inputs,))
             loss = self.loss_fn(z, targets)
+        if self._replicas.size > 1:
+            share = self._shares[self._replicas.rank]
+            # a shard whose cases all weigh nothing adds nothing (its mean was 0/0)
+            loss = loss.to(theta.dtype) if share else torch.zeros_like(theta[0])
+            (loss,) = self._replicas.sum_shares([loss], share, "scalars")
         return float(loss + 0.5 * eta * (theta @ theta))
 
     def _apply(self, delta: Tensor, new_theta: Tensor | None) -> None:
@@ -901,27 +1056,6 @@ class KFAC(torch.optim.Optimizer):
             self._layout.add_(delta)
         else:
             self._layout.copy_(new_theta)
-
-    def _adopt_inverse(self, op: kronlin.LinearOperator, blocks: tuple | None) -> None:
-        """Keep ``op`` as the current inverse, with the data to rebuild it on resume.
-
-        Block-diagonal: each block's inverse as tensors; block-tridiagonal: the chain's blocks
-        ``(diag, offdiag)`` it was built from (rebuilding is deterministic), and the other
-        blocks' inverses.
-        """
-        self._inverse = op
-        if self.approx == "blockdiag":
-            self._inverse_data = {"blocks": [b.inverse_tensors(o) for b, o in
-                                             zip(self._blocks, op.blocks, strict=True)]}
-        else:
-            others = op.blocks[1:] if self._chain < len(self._blocks) else ()
-            # copies: the cross moments in the blocks are the live (moving-average) statistics
-            self._inverse_data = _cloned({
-                "diag": [list(p) for p in blocks[0]],
-                "offdiag": [list(p) for p in blocks[1]],
-                "others": [b.inverse_tensors(o) for b, o in
-                           zip(self._blocks[self._chain:], others, strict=True)],
-            })
 
     def _update_lambda(self, rho: float) -> None:
         """λ by the Levenberg–Marquardt rule, compounding over up to ``lm_streak`` moves."""
@@ -951,10 +1085,18 @@ class KFAC(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume on the same trajectory (tensors are copies).
 
-        Statistics and their count, the current inverse (each block's, or for ``tridiag`` the
-        chain's blocks it is rebuilt from), λ, γ, δ₀, the iteration counters, the block order
-        and kinds, the hyperparameters of the param group and the optimizer's RNG state.
+        Statistics and their count, the current inverse (as each unit's tensors,
+        :mod:`kronlin_nn.units`), λ, γ, δ₀, the iteration counters, the block order and kinds,
+        the hyperparameters of the param group and the optimizer's RNG state.
+
+        In data-parallel training this is a collective: call it on every rank (each gets the
+        same state, the union's statistics and every unit's inverse), save it from rank 0. It
+        resumes on any world size, one process included.
         """
+        inverse = (None if self._inverse is None else
+                   self._replicas.gather_inverses(self._inverse, self._units, self._assignment))
+        statistics = {**self._stats.state_dict(),
+                      **self._union_groups(self._stats.groups, "checkpoint")}
         return _cloned({
             "version": _STATE_VERSION,
             "approx": self.approx,
@@ -971,8 +1113,8 @@ class KFAC(torch.optim.Optimizer):
             "gamma": self._gamma,
             "damping_bounds": self._damping_bounds,
             "delta0": self._delta0,
-            "statistics": self._stats.state_dict(),
-            "inverse": self._inverse_data,
+            "statistics": statistics,
+            "inverse": inverse,
             "seed": self._seed,
             "rng": None if self._generator is None else self._generator.get_state(),
             "rng_device": None if self._generator is None else str(self._generator.device),
@@ -981,6 +1123,10 @@ class KFAC(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` of a ``KFAC`` on the same model architecture.
 
+        In data-parallel training, call it on every rank with the same state (saved on any
+        world size): rank 0 takes the statistics as its share, the others start from zero
+        shares, and each rank keeps the inverses it applies.
+
         Raises:
             ValueError: a state of another version or approximation, or for other layers
                 (another number or kind of curvature blocks).
@@ -988,8 +1134,10 @@ class KFAC(torch.optim.Optimizer):
         """
         state = state_dict
         if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"state_dict: expected version {_STATE_VERSION}, got "
-                             f"{state.get('version')!r}")
+            raise ValueError(
+                f"state_dict: expected version {_STATE_VERSION}, got {state.get('version')!r}"
+                + (" (saved before version 5 kept the inverse in another layout: resume from a "
+                   "state saved by this version)" if state.get("version") in (3, 4) else ""))
         if state["approx"] != self.approx:
             raise ValueError(f"state_dict: saved for approx={state['approx']!r}, this optimizer "
                              f"has approx={self.approx!r}")
@@ -1007,8 +1155,8 @@ class KFAC(torch.optim.Optimizer):
             raise ValueError(f"state_dict: saved for blocks of kinds {state['block_kinds']}, the "
                              f"model's are {kinds}")
         device = self._layout.trainable()[0].device
-        self._arrange([blocks[i] for i in order])
         self._ordered = state["ordered"]
+        self._arrange([blocks[i] for i in order])
         for group, saved in zip(self.param_groups, state["param_groups"], strict=True):
             group.update(saved)
         self._k, self._rejected = state["k"], state["rejected"]
@@ -1017,8 +1165,8 @@ class KFAC(torch.optim.Optimizer):
         self._damping_bounds = state["damping_bounds"]
         self._delta0 = None if state["delta0"] is None else state["delta0"].to(device).clone()
         self._stats.load_state_dict(state["statistics"], device)
-        self._inverse_data = _cloned(state["inverse"], device)
-        self._inverse = self._rebuild_inverse(self._inverse_data)
+        self._replicas.keep_share_(self._stats.tensors())
+        self._inverse = self._rebuild_inverse(_cloned(state["inverse"], device))
         self._seed = state["seed"]
         self._generator = None
         if state["rng"] is not None:
@@ -1030,18 +1178,12 @@ class KFAC(torch.optim.Optimizer):
                               f"{device}; reseeding, so sampled targets will differ",
                               KFACWarning, stacklevel=2)
 
-    def _rebuild_inverse(self, data: dict | None) -> kronlin.LinearOperator | None:
+    def _rebuild_inverse(self, data: list | None) -> list[kronlin.LinearOperator | None] | None:
+        """Each unit's inverse from its saved tensors, on the ranks that apply it."""
         if data is None:
             return None
-        if self.approx == "blockdiag":
-            return kronlin.BlockDiag([b.inverse_operator(t) for b, t in
-                                      zip(self._blocks, data["blocks"], strict=True)])
-        chain = tridiag_inverse(data["diag"], data["offdiag"])
-        if not data["others"]:
-            return chain
-        return kronlin.BlockDiag([chain, *(b.inverse_operator(t) for b, t in
-                                           zip(self._blocks[self._chain:], data["others"],
-                                               strict=True))])
+        return [unit.operator(tensors) if self._assignment.applies(u) else None
+                for u, (unit, tensors) in enumerate(zip(self._units, data, strict=True))]
 
     def _rng(self, device: torch.device) -> torch.Generator:
         if self._generator is None:
@@ -1055,6 +1197,16 @@ def _total_norm(tensors: Sequence[Tensor], like: Tensor) -> Tensor:
     if not tensors:
         return like.new_zeros(())
     return torch.stack(torch._foreach_norm(list(tensors), 1)).sum()
+
+
+def _check_other_ranks(failed: Sequence[float]) -> None:
+    """Raise where other ranks' loss weights failed their check (there they raise their own)."""
+    if failed and failed[0] > 0:
+        raise ValueError(
+            f"opt.step(): on {round(failed[0])} other rank(s), .grad does not hold the gradient "
+            f"of the recorded loss with the weights of the batch's objective (their error says "
+            f"how); every rank rejects the step"
+        )
 
 
 def _clamp(value: float, bounds: tuple[float, float]) -> float:
@@ -1103,7 +1255,7 @@ def _validate(**config: Any) -> None:
             f"gamma_every: expected a multiple of inverse_every={config['inverse_every']} (each γ "
             f"candidate needs fresh inverses), got {config['gamma_every']}"
         )
-    for name in ("stats_fraction", "quad_fraction"):
+    for name in ("stats_fraction", "quad_fraction", "grad_worker_fraction"):
         if not 0 < config[name] <= 1:
             fail(name, "a fraction in (0, 1]")
     if config["unsupported"] not in UNSUPPORTED:

@@ -24,7 +24,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["FactorStatistics", "ema_decay"]
+__all__ = ["SYMMETRIC_GROUPS", "FactorStatistics", "ema_decay"]
+
+SYMMETRIC_GROUPS = frozenset({"A", "G"})  # second moments (a vector among them: a diagonal)
 
 
 def ema_decay(k: int, ema_max: float) -> float:

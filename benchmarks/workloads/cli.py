@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+
+from kronlin_nn.distributed import join_torchrun
 
 from .kfac_jax_runner import find_python
 from .kfac_jax_runner import run as run_kfac_jax
@@ -113,6 +116,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.render is not None:
         return _render(args)
     torch.set_num_threads(args.threads)
+    join_torchrun()  # under torchrun: every rank runs the suite, each on its shard of each batch
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        others = [f for f in args.optimizers if not f.startswith("kfac") or f == "kfac-jax"]
+        if others or args.isolate != "none":
+            raise SystemExit(f"under torchrun: give --isolate none and K-FAC families only "
+                             f"(kfac-jax and the torch.optim baselines run in one process), got "
+                             f"--isolate {args.isolate} and {others}")
     started, meter = time.perf_counter(), LoadMeter()
     main_warnings = first_use_warnings()
     reuse = json.loads(args.reuse.read_text())["workloads"] if args.reuse else {}
@@ -254,6 +264,8 @@ def _suite(args: argparse.Namespace, started: float, meter: LoadMeter, main_warn
 
 
 def _write(results: dict[str, Any], args: argparse.Namespace, *, final: bool) -> None:
+    if dist.is_initialized() and dist.get_rank() > 0:  # rank 0 writes
+        return
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(_strict(results), indent=None) + "\n")

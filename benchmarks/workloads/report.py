@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,19 +288,24 @@ def _grids(s: Mapping[str, Any]) -> str:
     parts = []
     for label, tuned, unit in (("Adam", s["adam"], "lr"), ("SGD-Nesterov", s["sgd"], "lr/c")):
         if tuned is not None:
-            finals = ", ".join(f"{lr:g}: {_g(f, 3)}" for lr, f in zip(tuned["grid"], tuned["finals"],
-                                                                     strict=True))
-            parts.append(f"{label} grid ({unit}: final loss) {finals}; {tuned['grid_runs']} runs, "
-                         f"{tuned['grid_timed_seconds']:.1f} s timed"
-                         + (" — **chosen at the grid's edge**" if tuned["at_grid_edge"] else ""))
+            parts.append(_grid_sentence(f"{label} grid ({unit}: final loss)", tuned["grid"],
+                                        [_g(f, 3) for f in tuned["finals"]], tuned,
+                                        "chosen at the grid's edge"))
     for approx, best in s["best_lambda"].items():
         if best is not None:
-            its = ", ".join(f"{f:g}: {_g(i)}" for f, i in zip(best["grid"], best["iterations_to_adam"],
-                                                             strict=True))
-            parts.append(f"λ₀ grid {approx} (f, λ₀ = f·c: iterations to Adam's final loss) {its}; "
-                         f"{best['grid_runs']} runs, {best['grid_timed_seconds']:.1f} s timed"
-                         + (" — **best at the grid's edge**" if best["at_grid_edge"] else ""))
+            parts.append(_grid_sentence(
+                f"λ₀ grid {approx} (f, λ₀ = f·c: iterations to Adam's final loss)", best["grid"],
+                [_g(i) for i in best["iterations_to_adam"]], best, "best at the grid's edge"))
     return ". ".join(parts) + ("." if parts else "")
+
+
+def _grid_sentence(label: str, grid: Sequence[float], values: Sequence[str],
+                   record: Mapping[str, Any], edge: str) -> str:
+    """``label g₁: v₁, g₂: v₂, …; n runs, t s timed``, flagged when the pick is at the edge."""
+    pairs = ", ".join(f"{g:g}: {v}" for g, v in zip(grid, values, strict=True))
+    return (f"{label} {pairs}; {record['grid_runs']} runs, "
+            f"{record['grid_timed_seconds']:.1f} s timed"
+            + (f" — **{edge}**" if record["at_grid_edge"] else ""))
 
 
 # -- plots ------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kronlin_nn.distributed import Replicas
+
 from .machine import LoadMeter
 from .optimizers import RunSpec, build
 from .record import RunLog
@@ -118,12 +120,14 @@ def _loop(workload: Workload, stepper: Any, model: nn.Module, loss_fn: nn.Module
             return float(loss_fn(model(x), y))
 
     log = RunLog(evaluate(), workload.eval_every, iterations, _DIAGNOSTICS)
+    _, replicas = Replicas.of(model)  # under torchrun: each rank steps on batch[rank::W]
+    shard = slice(replicas.rank, None, replicas.size)
     start_wall = time.perf_counter()
     for k in range(1, iterations + 1):
         start = time.perf_counter()
         inputs, targets = (x, y) if batches is None else (x[batches[k - 1]], y[batches[k - 1]])
-        stats = stepper.step(inputs, targets)
-        elapsed = time.perf_counter() - start
+        stats = stepper.step(inputs[shard], targets[shard])
+        elapsed = replicas.max(time.perf_counter() - start)  # the slowest rank's
         if log.step(k, float(stats["loss"]), elapsed, bool(stats.get("accepted", True)), stats):
             log.measure(k, evaluate())
         if log.diverged:

@@ -247,6 +247,8 @@ def _settings(config: dict[str, Any]) -> list[list[str]]:
     add("sgd learning rate", "sgd_grid_search",
         fmt=lambda g: describe_search(g).removeprefix("sgd learning-rate "))
     add("device", "device", "device_name", fmt=lambda d, n: f"{d} ({n})" if n else d)
+    add("ranks", "world_size", fmt=lambda w: f"{w} (torchrun, each rank a shard of every batch)"
+        if w > 1 else "1")
     add("machine", "platform", "cpu_count", "threads",
         fmt=lambda p, c, t: f"{p}, {c} CPUs, {t} torch threads")
     add("torch", "torch")

@@ -75,6 +75,7 @@ class CurvatureBlock(ABC):
         chainable: whether the block may be a link of a block-tridiagonal chain (paper §4.3).
         recorded: whether the block needs its module's calls recorded.
         cached_tangents: whether :meth:`tangent_forward` gives a forward (else ``None``).
+        symmetric_inverses: whether the square matrices of :meth:`inverse_tensors` are symmetric.
 
     """
 
@@ -83,6 +84,7 @@ class CurvatureBlock(ABC):
     chainable: ClassVar[bool] = False
     recorded: ClassVar[bool] = True
     cached_tangents: ClassVar[bool] = False
+    symmetric_inverses: ClassVar[bool] = False
 
     def __init__(self, name: str, module: nn.Module, params: Sequence[nn.Parameter | None],
                  param_names: Sequence[str | None]):

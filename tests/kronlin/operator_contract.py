@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import scipy.sparse.linalg
 
+import kronlin
+
 from ..conftest import convert, to_numpy
 from .helpers import UNIT_ROUNDOFF, assert_close, product_condition
 
@@ -167,7 +169,7 @@ class OperatorContract:
     def test_scipy_interop(self, case):
         op, dense, _, rng, backend, dtype = case
         if backend != "numpy":
-            pytest.skip("SciPy views need NumPy-backed operators")
+            return self.check_torch_scipy_interop(case)
         for view in (scipy.sparse.linalg.aslinearoperator(op), op.to_scipy()):
             X = rng.standard_normal((dense.shape[1], 2))
             y = rng.standard_normal(dense.shape[0])
@@ -189,6 +191,41 @@ class OperatorContract:
             # Weyl: |Δλ| ≤ ‖A_computed − A‖₂ ≤ bound·u·‖A‖₂, ‖A‖₂ = λ_max here; Lanczos adds n·u
             assert_close(w, np.linalg.eigvalsh(dense)[-1:], dtype=dtype, label=self.label,
                          bound=model.bound + dense.shape[0])
+
+    def check_torch_scipy_interop(self, case):
+        """Torch operators: a SciPy view on the CPU (refused on a GPU), and kronlin's Krylov solvers
+        on the device against SciPy's on the NumPy twin (the dense reference)."""
+        op, dense, model, rng, backend, dtype = case
+        with pytest.raises(TypeError):  # SciPy's own wrapper cannot read a torch dtype
+            scipy.sparse.linalg.aslinearoperator(op)
+        if backend == "cuda":
+            with pytest.raises(TypeError, match="use kronlin.linalg.cg or kronlin.linalg.lanczos"):
+                op.to_scipy()
+        else:
+            view = op.to_scipy()
+            X = rng.standard_normal((dense.shape[1], 2)).astype(dtype)
+            y = rng.standard_normal(dense.shape[0]).astype(dtype)
+            self.close(view.matmat(X), dense @ X, case, X=X)
+            self.close(view.rmatvec(y), dense.T @ y, case, X=y, transpose=True)
+        if self.symmetric and dtype == "float64":
+            b = rng.standard_normal(dense.shape[0])
+            x, info = kronlin.linalg.cg(op @ op, op @ convert(b, backend, dtype), rtol=1e-12,
+                                        maxiter=50 * dense.shape[0])
+            x_ref, info_ref = scipy.sparse.linalg.cg(dense @ dense, dense @ b, rtol=1e-12,
+                                                     maxiter=50 * dense.shape[0])
+            assert info == info_ref == 0
+            # a posteriori, each against x* = (A²)⁻¹ A b: ‖x − x*‖/‖x*‖ ≤ cond(A²)·‖A b − A² x‖/‖A b‖
+            # (the residual on the dense system counts kronlin's rounding of A b and A² x too)
+            x = to_numpy(x)
+            rhs = dense @ b
+            residuals = [np.linalg.norm(rhs - dense @ (dense @ v)) / np.linalg.norm(rhs) for v in (x, x_ref)]
+            assert_close(x, x_ref, dtype=dtype, label=self.label,
+                         bound=model.bound + np.linalg.cond(dense) ** 2 * sum(residuals)
+                         / UNIT_ROUNDOFF["float64"])
+            w = kronlin.linalg.lanczos(op, k=1, which="LA", return_eigenvectors=False)
+            w_ref = scipy.sparse.linalg.eigsh(dense, k=1, which="LA", return_eigenvectors=False)
+            # Weyl as above; each Lanczos adds n·u
+            assert_close(w, w_ref, dtype=dtype, label=self.label, bound=model.bound + 2 * dense.shape[0])
 
 
 class InvertibleOperatorContract(OperatorContract):

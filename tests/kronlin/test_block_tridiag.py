@@ -154,3 +154,31 @@ def test_errors():
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match=r"mixed array backends .*offdiag\[0\]\[1\] is torch"):
         kl.BlockTridiagInverse(diag, [(offdiag[0][0], torch.as_tensor(offdiag[0][1]))])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_rebuilt_from_its_parts_as_plain_arrays_it_applies_as_the_original(backend, shape):
+    rng = np.random.default_rng(25)
+    diag, offdiag = chain(rng, *SHAPES[shape])
+    op = kl.BlockTridiagInverse(as_backend(diag, backend, "float64"), as_backend(offdiag, backend, "float64"))
+    # the parts as arrays only, as another process receives them, then the operators again
+    couplings = [tuple(M.copy() if backend == "numpy" else M.clone() for M in p) for p in op.couplings]
+    last = op.conditionals[-1]
+    conditionals = [kl.KronEigen(c.bases, c.values) for c in op.conditionals[:-1]]
+    rebuilt = kl.BlockTridiagInverse.from_parts(couplings, [*conditionals, kl.Kron(*last.factors)])
+    assert rebuilt.shape == op.shape and rebuilt.n_blocks == op.n_blocks
+    np.testing.assert_array_equal(to_numpy(rebuilt.to_dense()), to_numpy(op.to_dense()))
+    np.testing.assert_allclose(to_numpy(rebuilt.to_dense()), reference_inverse(diag, offdiag),
+                               rtol=1e-8, atol=1e-10)
+
+
+def test_from_parts_refuses_parts_that_do_not_link():
+    rng = np.random.default_rng(26)
+    op = kl.BlockTridiagInverse(*chain(rng, [3, 4], [2, 3]))
+    with pytest.raises(ValueError, match="couplings: expected one pair per link of the 2 conditionals"):
+        kl.BlockTridiagInverse.from_parts([], op.conditionals)
+    P, Q = op.couplings[0]
+    with pytest.raises(ValueError, match=r"couplings\[0\]: expected factors whose Kronecker product is 6 x 12"):
+        kl.BlockTridiagInverse.from_parts([(P.T, Q)], op.conditionals)
+    with pytest.raises(ValueError, match=r"conditionals\[1\]: expected a square operator"):
+        kl.BlockTridiagInverse.from_parts(op.couplings, [op.conditionals[0], kl.Kron(P, Q)])

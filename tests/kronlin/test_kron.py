@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -18,9 +20,19 @@ def dense_kron(*factors):
 
 
 def kron_bound(factors):
-    """Rounding errors of one entry of ``(⊗Fⱼ) X``: the mode products' dot products (``Σ cⱼ``),
-    and the rounding of each factor and of ``X`` to the working dtype, with their products."""
-    return sum(f.shape[1] for f in factors) + 2 * len(factors) + 1
+    """Rounding errors of one entry of ``(⊗Fⱼ) X``: the mode products' dot products, and the
+    rounding of each factor and of ``X`` to the working dtype, with their products.
+
+    A plan applies each group of merged factors as one factor (``kronlin._plan``), whose dot
+    products have length ``∏ cⱼ`` over the group: the worst grouping the cost model may choose
+    counts ``max Σ_groups ∏ cⱼ`` (``Σ cⱼ`` without merging), with ``cⱼ`` the larger side (the
+    transpose applies the rows)."""
+    from kronlin._plan import groupings
+
+    sides = [max(f.shape) for f in factors]
+    shapes = [(n, n) for n in sides]
+    dots = max(sum(math.prod(sides[j] for j in g) for g in groups) for groups in groupings(shapes))
+    return dots + 2 * len(factors) + 1
 
 
 def kron_model(factors):
@@ -241,3 +253,31 @@ def test_eigh_failure_names_the_factor(monkeypatch):
                         lambda a: (np.full(len(a), np.nan), np.eye(len(a))) if len(a) == 3 else real(a))
     with pytest.raises(np.linalg.LinAlgError, match=r"^factors\[1\]: eigendecomposition of the \(3, 3\) matrix"):
         kl.Kron(np.eye(2), np.eye(3)).eigh()
+
+
+def test_repeated_operands_take_the_direct_path_with_the_same_result():
+    # the second product of an operand kind runs its remembered program: the same GEMMs, so the
+    # same bits, for every layout, dtype promotion and the 1-D case; the checks still apply to
+    # every other kind
+    rng = np.random.default_rng(81)
+    A, B = rng.standard_normal((3, 4)), rng.standard_normal((5, 2))
+    for op_dtype in ("float32", "float64"):
+        op = kl.Kron(A.astype(op_dtype), B.astype(op_dtype))
+        dense = np.kron(A.astype(op_dtype), B.astype(op_dtype)).astype(np.float64)  # the factors it holds
+        for x_dtype in ("float32", "float64"):
+            X = rng.standard_normal((8, 6)).astype(x_dtype)
+            operands = [X, np.asfortranarray(X), X[:, ::2], X[:, 0], X[:, :1]]
+            for Z in operands:
+                first = op @ Z
+                again = op @ Z.copy(order="A")
+                assert again.dtype == first.dtype == np.result_type(op_dtype, x_dtype)
+                np.testing.assert_array_equal(again, first)
+                dtype = "float32" if first.dtype == np.float32 else "float64"
+                Z64 = Z.astype(np.float64)
+                assert_close(again, dense @ Z64, dtype=dtype, label="Kron",
+                             bound=kron_bound([A, B]) * product_condition(dense, Z64))
+    assert 0 < len(op._direct) <= 2 * 2 * len(operands)  # each operand and its copy, in two dtypes
+    with pytest.raises(ValueError, match=r"x: expected shape \(8,\) or \(8, k\), got \(9, 6\)"):
+        op @ np.ones((9, 6))
+    with pytest.raises(TypeError, match="x: expected dtype float32 or float64, got int64"):
+        op @ np.ones((8, 6), dtype=np.int64)

@@ -153,7 +153,7 @@ def test_construction_error_messages():
         kl.KronEigen([[[1.0]]], np.ones(1))
     with pytest.raises(ValueError, match="^values: expected finite entries, got NaN or inf$"):
         kl.KronEigen([np.eye(2)], np.array([1.0, np.nan]))
-    with pytest.raises(ValueError, match=r"^KronEigen\.shift: needs orthonormal bases \(orthonormal=True\)$"):
+    with pytest.raises(ValueError, match=r"^KronEigen\.shift: needs orthonormal bases \(orthonormal=True\): with general bases K diag\(S \+ c\) Kᵀ is not M \+ cI$"):
         kl.KronEigen([np.eye(2)], np.ones(2)).shift(1.0)
     with pytest.raises(np.linalg.LinAlgError, match="^KronEigen.inv: values contain zeros; the matrix is singular$"):
         kl.KronEigen([np.eye(2)], np.array([1.0, 0.0])).inv()

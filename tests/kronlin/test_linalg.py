@@ -1,5 +1,6 @@
 import numpy as np
 
+import kronlin as kl
 from kronlin import linalg
 
 from ..conftest import convert
@@ -51,3 +52,15 @@ def test_damped_solves_use_the_damping():
     dense = 1.5 * K - np.kron(C, D)
     assert_close(linalg.kron_diff_solve(A, B, C, D, b, damping=0.5), np.linalg.solve(dense, b), dtype="float64",
                  bound=10 * np.linalg.cond(dense), label="linalg")
+
+
+def test_kron_matmul_takes_the_kernel_argument(backend):
+    rng = np.random.default_rng(44)
+    A, B, X = rng.standard_normal((3, 4)), rng.standard_normal((5, 2)), rng.standard_normal((8, 7))
+    kernels = ["auto", "rotate", "modes", kl.KronPlan("modes", ((0, 1),))]
+    kernels += ["numba"] if backend == "numpy" else []
+    for kernel in kernels:
+        out = linalg.kron_matmul([convert(A, backend, "float64"), convert(B, backend, "float64")],
+                                 convert(X, backend, "float64"), kernel=kernel)
+        assert_close(out, np.kron(A, B) @ X, dtype="float64",
+                     bound=kron_bound([A, B]) * product_condition(np.kron(A, B), X), label="linalg")

@@ -1,6 +1,8 @@
 """The mode-product engine (kronlin/_mode.py): factor order, memory layouts, dtypes, kernels."""
 
 import itertools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,9 +12,18 @@ from hypothesis import strategies as st
 
 import kronlin as kl
 from kronlin import _backend
-from kronlin._mode import application_order, chain_flops, kron_matmat
+from kronlin._mode import (
+    KronMatmat,
+    _split_matmul,
+    application_order,
+    chain_flops,
+    kron_matmat,
+    split_batch,
+    transposed_copy,
+)
+from kronlin._plan import KERNELS, KronPlan, groupings
 
-from ..conftest import HAS_CUDA, convert
+from ..conftest import HAS_CUDA, convert, to_numpy
 from .chains import chain
 from .helpers import assert_close, product_condition, spd
 from .test_kron import kron_bound, kron_eigen_bound
@@ -53,7 +64,7 @@ LAYOUTS = {
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("kernel", ["auto", "xp", "numba"])
+@pytest.mark.parametrize("kernel", ["auto", *KERNELS])
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("k", [1, 5, 70])
 def test_matches_dense_kron_numpy(layout, kernel, transpose, k, dtype):
@@ -62,11 +73,36 @@ def test_matches_dense_kron_numpy(layout, kernel, transpose, k, dtype):
     dense = dense_kron(factors)
     dense = dense.T if transpose else dense
     X = LAYOUTS[layout](rng.standard_normal((dense.shape[1], k)).astype(dtype))
-    Y = kron_matmat(np, [f.astype(dtype) for f in factors], X, transpose=transpose, kernel=kernel)
-    assert Y.dtype == np.dtype(dtype)
-    assert Y.shape == (dense.shape[0], k)
     bound = kron_bound(factors) * product_condition(dense, X)
-    assert_close(Y, dense @ X.astype(np.float64), dtype=dtype, bound=bound, label="kron_matmat")
+    for want in (None, "row", "column", "any"):
+        Y = kron_matmat(np, [f.astype(dtype) for f in factors], X, transpose=transpose, kernel=kernel,
+                        layout=want)
+        assert Y.dtype == np.dtype(dtype)
+        assert Y.shape == (dense.shape[0], k)
+        assert_close(Y, dense @ X.astype(np.float64), dtype=dtype, bound=bound, label="kron_matmat")
+        if k > 1 and want in ("row", "column"):
+            assert Y.flags["C_CONTIGUOUS" if want == "row" else "F_CONTIGUOUS"], (kernel, want)
+        if k > 1 and want is None and layout != "strided":
+            assert Y.flags["C_CONTIGUOUS" if layout == "row-major" else "F_CONTIGUOUS"], kernel
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_every_grouping_of_every_kernel_matches_dense_kron(kernel):
+    rng = np.random.default_rng(9)
+    factors = [rng.standard_normal(s) for s in ((3, 2), (2, 4), (4, 4), (1, 3))]
+    dense = dense_kron(factors)
+    X = rng.standard_normal((dense.shape[1], 6))
+    Xt = rng.standard_normal((dense.shape[0], 6))
+    found = list(groupings([f.shape for f in factors]))
+    assert len(found) == 2 ** (len(factors) - 1)  # all small: every split into runs is allowed
+    check = lambda Y, A, Z: assert_close(Y, A @ Z, dtype="float64", label="kron_matmat",  # noqa: E731
+                                         bound=kron_bound(factors) * product_condition(A, Z))
+    for groups in found:
+        engine = KronMatmat(np, factors, KronPlan(kernel, groups))
+        for Z in (X, np.asfortranarray(X)):
+            check(engine(Z), dense, X)
+        check(engine(Xt, transpose=True), dense.T, Xt)
+        check(engine(X[:, :1]), dense, X[:, :1])
 
 
 @pytest.mark.parametrize("layout", ["row-major", "column-major"])
@@ -94,41 +130,38 @@ def test_column_major_block_gives_column_major_result_without_copies():
                  bound=kron_bound([A, B]) * product_condition(np.kron(A, B), X), label="kron_matmat")
 
 
-def test_float32_many_small_factors_use_the_numba_kernel_and_stay_float32():
+@pytest.mark.parametrize("kernel", ["auto", *KERNELS])
+def test_float32_many_small_factors_stay_float32(kernel):
     rng = np.random.default_rng(2)
     factors = [rng.standard_normal((8, 8)).astype(np.float32) for _ in range(5)]
     X = rng.standard_normal((8**5, 32)).astype(np.float32)
-    Y = kl.Kron(*factors) @ X
+    Y = kl.Kron(*factors, kernel=kernel) @ X
     assert Y.dtype == np.float32
-    reference = kron_matmat(np, [f.astype(np.float64) for f in factors], X.astype(np.float64), kernel="xp")
+    reference = kron_matmat(np, [f.astype(np.float64) for f in factors], X.astype(np.float64), kernel="modes")
     # the reference applies the same float32 values in float64: only the accumulation differs
     absolute = kron_matmat(np, [np.abs(f).astype(np.float64) for f in factors], np.abs(X).astype(np.float64))
     kappa = np.linalg.norm(absolute) / np.linalg.norm(reference)  # ‖|F||X|‖ / ‖F X‖
-    assert_close(Y, reference, dtype="float32", bound=sum(f.shape[1] for f in factors) * kappa,
-                 label="kron_matmat")
+    assert_close(Y, reference, dtype="float32", bound=kron_bound(factors) * kappa, label="kron_matmat")
 
 
-def test_auto_kernel_rule():
-    from kronlin._mode import NUMBA_MAX_FACTOR, NUMBA_MIN_ENTRIES, NUMBA_MIN_RHS, _numba_pays
-
-    n = NUMBA_MAX_FACTOR
-    small, big = [np.ones((n, n))] * 4, [np.ones((n + 1, n + 1))] * 4
-    X = np.ones((n**4, NUMBA_MIN_RHS))
-    assert X.size >= NUMBA_MIN_ENTRIES
-    assert _numba_pays(small, X)
-    assert not _numba_pays(big, np.ones(((n + 1) ** 4, NUMBA_MIN_RHS)))
-    assert not _numba_pays(small, X[:, : NUMBA_MIN_RHS - 1])
-    assert not _numba_pays(small[:2], np.ones((n**2, NUMBA_MIN_RHS)))  # too few entries
-    assert not _numba_pays(small, np.asfortranarray(X))
-    assert not _numba_pays([f.astype(np.float32) for f in small], X)
+def test_float64_operand_of_a_float32_operator_promotes_in_every_kernel():
+    factors = [np.eye(3, dtype=np.float32) * 2] * 2
+    for kernel in KERNELS:
+        Y = kl.Kron(*factors, kernel=kernel) @ np.ones((9, 4))
+        assert Y.dtype == np.float64
+        np.testing.assert_array_equal(Y, 4.0)  # 2·2·1, exact
 
 
 def test_kernel_argument_errors():
-    with pytest.raises(ValueError, match="kernel: expected 'auto', 'xp' or 'numba', got 'blas'"):
+    with pytest.raises(ValueError, match="kernel: expected 'auto', 'rotate', 'modes', 'numba' or a KronPlan, got 'blas'"):
         kron_matmat(np, [np.eye(2)], np.ones((2, 1)), kernel="blas")
+    with pytest.raises(ValueError, match="kernel: the plan covers 3 factors, the operator has 2"):
+        kl.Kron(np.eye(2), np.eye(2), kernel=KronPlan("rotate", ((0,), (1, 2))))
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match="kernel='numba' needs NumPy arrays"):
         kron_matmat(_backend.namespace(torch.eye(2)), [torch.eye(2)], torch.ones(2, 1), kernel="numba")
+    with pytest.raises(TypeError, match="kernel='numba' needs NumPy arrays"):
+        kl.Kron(torch.eye(2), kernel="numba")
 
 
 # -- torch/CUDA: no host synchronization inside apply ----------------------------------------------
@@ -208,3 +241,117 @@ def test_apply_paths_match_dense_oracles_on_every_backend(backend, dtype):
         bound = bounds[name] * product_condition(dense[name], X, absolute.get(name))
         assert_close(op @ convert(X, backend, dtype), dense[name] @ X, dtype=dtype, bound=bound,
                      label="apply " + name)
+
+
+# -- plans, the cost model and the threaded batches ------------------------------------------------
+
+def test_split_batch_is_the_batched_matmul():
+    rng = np.random.default_rng(6)
+    F, T3 = rng.standard_normal((5, 4)), rng.standard_normal((11, 4, 3))
+    for threads in (2, 3, 11):
+        np.testing.assert_array_equal(_split_matmul(F, T3, threads), np.matmul(F, T3))
+    assert split_batch(16, 16, 16, 4096, 2)
+    assert not split_batch(16, 16, 16, 4096, 1)  # one thread: nothing to split
+    assert not split_batch(128, 128, 256, 64, 2)  # BLAS threads each GEMM itself
+    assert not split_batch(4, 4, 4, 8, 2)  # too little work to pay for the dispatch
+
+
+def test_transposed_copy_on_every_backend(backend, dtype):
+    A = np.random.default_rng(7).standard_normal((37, 5))
+    out = transposed_copy(_backend.namespace(convert(A, backend, dtype)), convert(A, backend, dtype))
+    np.testing.assert_array_equal(to_numpy(out), A.T.astype(dtype))  # a copy: exact
+    assert tuple(out.shape) == (5, 37)
+
+
+def test_plans_follow_the_kernel_argument(backend):
+    factors = [convert(np.eye(4) + 0.1, backend, "float64") for _ in range(3)]
+    auto = kl.Kron(*factors)
+    assert auto.kernel == "auto" and auto.plan(16).seconds > 0
+    assert auto.plan(16).kernel in (("rotate", "modes", "numba") if backend == "numpy" else ("rotate", "modes"))
+    for kernel in ("rotate", "modes"):
+        K = kl.Kron(*factors, kernel=kernel)
+        assert K.plan(16).kernel == kernel and K.T.plan(16).kernel == kernel and K.inv().kernel == kernel
+        assert f"kernel {kernel}" in repr(K)
+    fixed = KronPlan("modes", ((0, 1), (2,)))
+    K = kl.Kron(*factors, kernel=fixed)
+    assert (K.plan(3).kernel, K.plan(3).groups) == ("modes", ((0, 1), (2,)))
+    assert str(K.plan(3)).startswith("modes [F1⊗F2, F3] (estimated ")
+    x, dense = np.ones(64), dense_kron([np.eye(4) + 0.1] * 3)
+    assert_close(K @ convert(x, backend, "float64"), dense @ x, dtype="float64", label="kron_matmat",
+                 bound=kron_bound([np.eye(4)] * 3) * product_condition(dense, x))
+    with pytest.raises(ValueError, match="k: expected a positive integer, got 0"):
+        K.plan(0)
+
+
+def test_plan_validation():
+    with pytest.raises(ValueError, match="kernel: expected one of"):
+        KronPlan("blas", ((0,),))
+    for bad in ((), ((0,), (2,)), ((1,), (0,)), ((0, 1), ())):
+        with pytest.raises(ValueError, match="groups: expected runs of consecutive factor indices"):
+            KronPlan("modes", bad)
+
+
+def test_groupings_respect_the_largest_merged_side():
+    from kronlin._plan import MAX_GROUP_SIDE
+
+    shapes = [(32, 32), (32, 32), (2, 2)]
+    found = list(groupings(shapes))
+    assert ((0,), (1,), (2,)) in found and ((0, 1), (2,)) in found  # 1024 fits
+    assert all(max(np.prod([shapes[j][0] for j in g]), np.prod([shapes[j][1] for j in g])) <= MAX_GROUP_SIDE
+               for groups in found for g in groups if len(g) > 1)
+    assert ((0, 1, 2),) not in found
+
+
+@given(st.lists(st.sampled_from([(2, 2), (3, 5), (8, 8), (16, 16), (4, 1)]), min_size=1, max_size=4),
+       st.sampled_from([1, 16, 256]), st.sampled_from(["float32", "float64"]),
+       st.sampled_from(["numpy", "torch", "cuda"]), st.booleans(), st.sampled_from(["row", "column", "any"]))
+def test_choose_returns_the_cheapest_estimate(shapes, k, dtype, backend, column_major, layout):
+    from kronlin._plan import Problem, allowed_kernels, choose, estimate, machine
+
+    problem = Problem(tuple(shapes), k, dtype, backend, column_major and k > 1, layout)
+    best = choose(problem)
+    m = machine(backend)
+    costs = [estimate(KronPlan(kernel, g), problem, m) for kernel in allowed_kernels("auto", backend)
+             for g in groupings(shapes)]
+    assert 0 < best.seconds == min(costs) < float("inf")
+    assert best.kernel != "numba" or backend == "numpy"
+
+
+def test_kron_eigen_keeps_the_operand_layout_without_copies_in_between():
+    rng = np.random.default_rng(8)
+    A, B = spd(rng, 6), spd(rng, 5)
+    E = kl.Kron(A, B).eigh().shift(0.1)
+    X = rng.standard_normal((30, 7))
+    dense = np.kron(A, B) + 0.1 * np.eye(30)
+    for Z in (X, np.asfortranarray(X)):
+        Y = E @ Z
+        # the eigendecomposition's error times cond, as for "KronEigen" in _dense_operators
+        assert_close(Y, dense @ X, dtype="float64", label="apply KronEigen",
+                     bound=kron_eigen_bound([A, B]) * np.linalg.cond(dense))
+        assert Y.flags.c_contiguous == Z.flags.c_contiguous
+
+
+def test_torch_products_never_import_numba():
+    # importing Numba takes a second and changes torch's CPU results in the last bits
+    pytest.importorskip("torch")
+    code = ("import sys, torch, kronlin as kl\n"
+            "K = kl.Kron(*[torch.eye(8, dtype=torch.float64)] * 3)\n"
+            "K @ torch.ones(512, 16, dtype=torch.float64); K.eigh().inv() @ torch.ones(512)\n"
+            "assert 'numba' not in sys.modules, 'numba imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("kernel", ["rotate", "modes"])
+def test_scratch_buffers_do_not_change_results(monkeypatch, kernel):
+    # chains above SCRATCH_BYTES write their intermediates into two reused buffers
+    import kronlin._mode as mode
+
+    rng = np.random.default_rng(10)
+    factors = [rng.standard_normal(s) for s in ((3, 2), (2, 4), (4, 4), (5, 3))]
+    dense = dense_kron(factors)
+    monkeypatch.setattr(mode, "SCRATCH_BYTES", 0)
+    for X in (rng.standard_normal((dense.shape[1], 5)), rng.standard_normal((5, dense.shape[1])).T):
+        for layout in (None, "row", "column"):
+            Y = KronMatmat(np, factors, kernel)(X, layout=layout)
+            assert_close(Y, dense @ X, dtype="float64", label="kron_matmat",
+                         bound=kron_bound(factors) * product_condition(dense, X))

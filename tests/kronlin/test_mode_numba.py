@@ -25,19 +25,6 @@ def assert_matches(result, reference, magnitude, depth, dtype):
     assert excess.max() <= 0, f"error exceeds the bound by {excess.max():.3g}"
 
 
-# shapes that exercise the 4-row and 4-column blocks, their remainders, and partial tiles
-@pytest.mark.parametrize(("before", "r", "c", "after"), [
-    (1, 1, 1, 1), (3, 4, 4, 8), (2, 7, 5, 3), (1, 9, 13, _mode_numba.TILE + 5), (5, 2, 16, 2 * _mode_numba.TILE),
-])
-def test_mode_product_is_batched_matmul(before, r, c, after, dtype):
-    rng = np.random.default_rng(before * r * c + after)
-    F = rng.standard_normal((r, c)).astype(dtype)
-    T = rng.standard_normal((before, c, after)).astype(dtype)
-    out = np.full((before, r, after), np.nan, dtype)  # no entry may be left unwritten
-    _mode_numba.mode_product(F, T, out)
-    assert_matches(out, np.matmul(F, T), np.matmul(abs(F), abs(T)), c, dtype)
-
-
 @pytest.mark.parametrize("hi_first", [False, True])
 @pytest.mark.parametrize(("P", "lo", "hi", "Q", "width"), [
     (1, (3, 2), (4, 5), 7, 16), (3, (5, 5), (2, 6), 40, 16), (2, (8, 1), (1, 9), 33, 32), (1, (4, 4), (4, 4), 16, 64),
@@ -74,8 +61,7 @@ def test_chain_matches_reference_for_any_factors(shapes, k, dtype, seed):
 
 
 def test_four_small_factors_run_as_two_pair_passes():
-    factors = [np.ones((16, 16))] * 4
-    passes = _mode_numba._passes(factors, [16] * 4, [0, 1, 2, 3])
+    passes = _mode_numba.pass_plan([(16, 16)] * 4, [16] * 4, [0, 1, 2, 3], 8)
     assert [axes for axes, *_ in passes] == [(0, 1), (2, 3)]
 
 
@@ -83,16 +69,26 @@ def test_non_adjacent_steps_and_large_pairs_run_alone():
     shrink, grow = np.ones((2, 8)), np.ones((8, 2))
     order = application_order([s.shape for s in (shrink, grow, shrink)])
     assert order == [0, 2, 1]  # the shrinking factors first: axes 0 and 2 are not adjacent
-    passes = _mode_numba._passes([shrink, grow, shrink], [8, 2, 8], order)
+    passes = _mode_numba.pass_plan([s.shape for s in (shrink, grow, shrink)], [8, 2, 8], order, 8)
     assert [axes for axes, *_ in passes] == [(0,), (2, 1)]  # then 2 and 1 are, in that order
-    big = [np.ones((64, 64))] * 2
-    assert [axes for axes, *_ in _mode_numba._passes(big, [64, 64], [0, 1])] == [(0,), (1,)]
+    assert [axes for axes, *_ in _mode_numba.pass_plan([(64, 64)] * 2, [64, 64], [0, 1], 8)] == [(0,), (1,)]
+    # a pair needs PAIR_MIN_WIDTH entries after it: with k = 1 the last two axes run alone
+    assert [axes for axes, *_ in _mode_numba.pass_plan([(8, 8)] * 4, [8] * 4, [0, 1, 2, 3], 1)] == [
+        (0, 1), (2,), (3,)]
 
 
 def test_numba_kernel_through_the_engine_matches_blas():
     rng = np.random.default_rng(7)
     factors = [rng.standard_normal((16, 16)) for _ in range(4)]
     X = rng.standard_normal((16**4, 64))
-    magnitude = kron_matmat(np, [abs(f) for f in factors], abs(X), kernel="xp")
-    assert_matches(kron_matmat(np, factors, X, kernel="numba"), kron_matmat(np, factors, X, kernel="xp"),
+    magnitude = kron_matmat(np, [abs(f) for f in factors], abs(X), kernel="modes")
+    assert_matches(kron_matmat(np, factors, X, kernel="numba"), kron_matmat(np, factors, X, kernel="modes"),
                    magnitude, 64, "float64")
+
+
+@pytest.mark.parametrize(("m", "n"), [(1, 1), (3, 70), (33, 31), (64, 64), (100, 7)])
+def test_transpose_is_a_transposed_copy(m, n, dtype):
+    A = np.random.default_rng(m * n).standard_normal((m, n)).astype(dtype)
+    out = np.full((n, m), np.nan, dtype)
+    _mode_numba.transpose_into(A, out)
+    np.testing.assert_array_equal(out, A.T)

@@ -141,30 +141,3 @@ def test_diagonal_candidates_keep_only_positive_finite_damped_diagonals():
     assert diagonal_candidates(torch.tensor([1.0, math.inf], dtype=torch.float64),
                                gammas).ok.tolist() == [False, False]
 
-
-def test_tridiag_candidates_keep_the_gammas_every_block_can_factor():
-    """A γ is dropped when a block outside the chain, or the chain itself, cannot be factored;
-    the others are kept, each with the blocks beside the chain; none left raises."""
-    from kronlin_nn.curvature import diagonal_candidates, tridiag_candidates
-
-    A, G, A_cross, G_cross = _joint_moments([3, 2], [2, 2])
-    pis = [torch.tensor(1.0, dtype=torch.float64)] * 2
-    D = torch.tensor([0.0, 1.0], dtype=torch.float64)  # γ = 0 leaves a zero entry
-    gammas = [0.0, 0.5, 1.0]
-    others = [diagonal_candidates(D, torch.tensor(gammas, dtype=torch.float64))]
-    ops, kept, blocks = tridiag_candidates(A, G, A_cross, G_cross, pis, others, gammas)
-    assert kept == [0.5, 1.0] and len(ops) == len(blocks) == 2
-    for op, gamma in zip(ops, kept, strict=True):
-        dense = op.to_dense()
-        torch.testing.assert_close(dense[-2:, -2:], torch.diag(1 / (D + gamma**2)))
-        chain = tridiag_inverse(*tridiag_blocks(A, G, A_cross, G_cross, pis, gamma)).to_dense()
-        torch.testing.assert_close(dense[:-2, :-2], chain)
-    with pytest.raises(FactorError, match=r"^gamma=0\.0 does not make every diagonal block "
-                                          r"positive definite$"):
-        tridiag_candidates(A, G, A_cross, G_cross, pis, [diagonal_candidates(
-            D, torch.tensor([0.0], dtype=torch.float64))], [0.0])
-    # a chain factor that needs γ ≥ 0.05 to be positive definite: the small γ is dropped
-    low = torch.linalg.eigvalsh(A[0])[0].item() + 0.05
-    shifted = [A[0] - low * torch.eye(3, dtype=torch.float64), A[1]]
-    _, kept, _ = tridiag_candidates(shifted, G, A_cross, G_cross, pis, [], [0.01, 1.0])
-    assert kept == [1.0]

@@ -215,6 +215,28 @@ def test_sub_batch_weights_are_a_weighted_mean_scaled_to_the_batch():
     torch.testing.assert_close(kappa / 3 * (w.outputs[:, 0] ** 2).sum(), cases.curvature.sum())
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", ["ce-weight-smoothing-ignore", "ce-probabilities", "bce-pos-weight"])
+def test_a_shards_weights_from_the_unions_sums_are_the_unions_weights_of_its_cases(name, reduction):
+    """Shards ``y[r::2]`` of the batch: their sums add to the batch's, and from them each shard's
+    weights of its part of a sub-batch are the batch's weights of those cases."""
+    loss_fn, _, y = _with_options(name, reduction)
+    dist = predictive_distribution(loss_fn)
+    n = 5  # the batch's sub-batch y[:5]: y[0:5:2] (3 cases) of shard 0, y[1:5:2] (2) of shard 1
+    whole = dist.weights(y, n, torch.float64)
+    shards = [y[r::2] for r in range(2)]
+    parts = [len(range(r, n, 2)) for r in range(2)]
+    sums = [dist.weight_sums(s, (k,), torch.float64) for s, k in zip(shards, parts, strict=True)]
+    if whole.inputs is None:  # no case weights: nothing to sum, nothing to normalize
+        assert sums == [None, None]
+        return
+    total = sums[0] + sums[1]
+    for r, (shard, k) in enumerate(zip(shards, parts, strict=True)):
+        w = dist.weights(shard, k, torch.float64, (n, total[0], total[1], total[2]))
+        torch.testing.assert_close(w.inputs, whole.inputs[r:n:2])
+        torch.testing.assert_close(w.outputs, whole.outputs[r:n:2])
+
+
 def test_options_that_cannot_enter_exactly_are_refused_by_name():
     with pytest.raises(ValueError, match="fisher='empirical' with loss_fn.weight"):
         predictive_distribution(nn.CrossEntropyLoss(weight=CLASS_WEIGHT)).check_fisher("empirical")

@@ -163,8 +163,8 @@ def test_resumed_run_follows_the_same_trajectory_bit_for_bit(approx):
     for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(p, q)
     if approx == "tridiag":  # the chain's inverse, the diagonal blocks beside it
-        assert [type(b).__name__ for b in opt._inverse.blocks] == ["BlockTridiagInverse", "Diagonal",
-                                                                     "Diagonal"]
+        assert [type(op).__name__ for op in opt._inverse] == ["BlockTridiagInverse", "Diagonal",
+                                                                "Diagonal"]
 
 
 def test_non_finite_loss_rejects_the_step_and_leaves_every_statistic():
@@ -275,4 +275,8 @@ def test_a_state_for_other_blocks_is_refused():
     stale = opt.state_dict()
     stale["version"] = 1  # the linear-only optimizer's checkpoints
     with pytest.raises(ValueError, match=f"expected version {optimizer_module._STATE_VERSION}, got 1"):
+        opt.load_state_dict(stale)
+    stale["version"] = 4  # the inverse in the layout before units
+    with pytest.raises(ValueError, match="got 4 \\(saved before version 5 kept the inverse in "
+                                         "another layout"):
         opt.load_state_dict(stale)

@@ -38,6 +38,7 @@ def test_results_json_follows_the_contract(cli_run):
     assert results["problem"] == "digits"
     config = results["config"]
     assert config["seed"] == 3 and config["device"] == "cpu" and config["time_budget"] == 60
+    assert config["world_size"] == 1 and config["backend"] is None
     assert config["architecture"][0] == 64 and config["n_train"] == 1797
     search = config["sgd_grid_search"]
     assert search["chosen"] in search["grid_paper_units"] and search["seconds"] > 0

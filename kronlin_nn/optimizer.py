@@ -511,7 +511,7 @@ class KFAC(torch.optim.Optimizer):
             self._stats.update(**batch)
         else:
             warnings.warn(f"step {k}: non-finite curvature statistics; batch skipped", KFACWarning,
-                          stacklevel=3)
+                          stacklevel=5)
         if self._damping_bounds is None or self._lambda is None:  # the first batch's, once
             batch = self._union_groups(batch, "factors")
             top = curvature_scale(*self._kronecker_pairs(batch, kappa))  # in the loss's units
@@ -906,7 +906,7 @@ class KFAC(torch.optim.Optimizer):
                     f"larger damping"
                 )
             warnings.warn(f"step {self._k}: inverse refresh skipped, keeping the last good "
-                          f"inverses ({err})", KFACWarning, stacklevel=5)
+                          f"inverses ({err})", KFACWarning, stacklevel=7)
             return None, None
         ops = [[None if f is None else f.build(j) for f in found] for j in kept]
         return self._replicas.share_inverses(ops, units, assignment), [candidates[j] for j in kept]
@@ -1077,7 +1077,7 @@ class KFAC(torch.optim.Optimizer):
             self._update_lambda(math.nan)
         warnings.warn(
             f"step {self._k + (not counted)}: non-finite loss, gradient or update; step rejected, "
-            f"lambda raised to {self._lambda}", KFACWarning, stacklevel=4)
+            f"lambda raised to {self._lambda}", KFACWarning, stacklevel=6)
         return {"loss": h_value, "lambda": lam, "gamma": self._gamma, "alpha": math.nan,
                 "mu": math.nan, "rho": rho, "refreshed": refreshed, "accepted": False}
 

@@ -72,15 +72,17 @@ def main() -> int:
     parser.add_argument("--load", default="?")
     parser.add_argument("--equivalent", type=Path, required=True)
     args = parser.parse_args()
-    rules = tomllib.loads(args.equivalent.read_text())["equivalent"] if args.equivalent.exists() else []
+    rules = (tomllib.loads(args.equivalent.read_text()).get("equivalent", [])
+             if args.equivalent.exists() else [])
     if not isinstance(rules, list):
         rules = []
 
     results = mutants()
-    survivors, excluded, counts = [], [], Counter()
+    survivors, excluded, counts, unchecked = [], [], Counter(), Counter()
     for name, (status, path) in sorted(results.items()):
         if status == "not checked":
             counts["not checked"] += 1
+            unchecked[str(path)] += 1
             continue
         if status in KILLED:
             counts["killed"] += 1
@@ -107,6 +109,9 @@ def main() -> int:
     out.write(f"# mutants: {len(results)}; killed {counts['killed']}; equivalent (excluded) "
               f"{counts['equivalent']}; not killed {len(survivors)} ({others}); "
               f"not checked {counts['not checked']}\n")
+    if unchecked:  # an interrupted run: where the unchecked mutants are
+        out.write("# not checked, by file: "
+                  + ", ".join(f"{p} {n}" for p, n in sorted(unchecked.items())) + "\n")
     out.write("# score = killed / (checked - equivalent); a timeout counts as killed\n\n")
     out.write(f"## surviving mutants ({len(survivors)})\n\n")
     for name, status, diff in survivors:

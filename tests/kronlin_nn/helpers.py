@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
 LOSS_CLASSES = {"mse": nn.MSELoss, "bce": nn.BCEWithLogitsLoss, "ce": nn.CrossEntropyLoss}
+
+
+def assert_warned_here(caught, filename) -> None:
+    """Every warning in ``caught`` points at ``filename`` (the caller of ``opt.step``).
+
+    Not checkable under mutation testing: mutmut's trampolines (``MUTANT_UNDER_TEST`` set) add
+    stack frames between the caller and the warning, so its stacklevel mutants are listed in
+    tools/mutation/kronlin_nn-equivalent.toml instead.
+    """
+    if "MUTANT_UNDER_TEST" in os.environ:
+        return
+    assert [w.filename for w in caught] == [filename]
 
 
 def tiny_mlp(sizes, act=nn.Tanh, bias=True, seed=0, dtype=torch.float64) -> nn.Sequential:
@@ -44,6 +58,31 @@ def layer_matrix(m: nn.Linear) -> torch.Tensor:
 
 def flat_params(model) -> torch.Tensor:
     return torch.cat([layer_matrix(m).reshape(-1) for m in linears(model)])
+
+
+def set_flat_params(model, flat) -> None:
+    """Write the row-major [W | b] vector ``flat`` (:func:`flat_params`'s layout) into ``model``."""
+    offset = 0
+    with torch.no_grad():
+        for m in linears(model):
+            rows, cols = m.weight.shape[0], m.weight.shape[1] + (m.bias is not None)
+            M = flat[offset:offset + rows * cols].reshape(rows, cols)
+            offset += rows * cols
+            m.weight.copy_(M[:, : m.weight.shape[1]])
+            if m.bias is not None:
+                m.bias.copy_(M[:, -1])
+
+
+def flat_gradient(model, loss_fn, x, y, eta) -> torch.Tensor:
+    """∇h = ∇loss + ηθ in :func:`flat_params`'s layout (``.grad`` left zeroed)."""
+    model.zero_grad()
+    loss_fn(model(x), y).backward()
+    grads = []
+    for m in linears(model):
+        parts = [m.weight.grad] + ([m.bias.grad[:, None]] if m.bias is not None else [])
+        grads.append(torch.cat(parts, 1).reshape(-1))
+    model.zero_grad()
+    return torch.cat(grads) + eta * flat_params(model)
 
 
 def _param_dict(model, flat):

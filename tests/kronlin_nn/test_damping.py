@@ -5,6 +5,7 @@ import torch
 
 from kronlin_nn.damping import (
     curvature_scale,
+    damping_grid,
     gamma_candidates,
     gamma_decay,
     levenberg_marquardt,
@@ -37,14 +38,38 @@ def test_pi_trace_and_frobenius():
     assert pi_1.item() == 1.0
 
 
-def test_pi_minimises_the_residual_bound():
-    """π balances ‖Ā⊗I‖ and ‖I⊗G‖ (trace norm): both residual terms then have equal norm."""
+@pytest.mark.parametrize(("kind", "norm"), [("trace", "nuc"), ("frobenius", "fro")])
+def test_pi_minimises_the_residual_bound(kind, norm):
+    """arXiv §6.3: (Ā + πcI) ⊗ (G + c/π I) = Ā⊗G + c²I + c·R(π), R(π) = π I⊗G + Ā⊗I/π. π
+    minimizes the triangle bound π‖I⊗G‖ + ‖Ā⊗I‖/π of ‖R(π)‖, found here by a numerical search
+    on dense Kronecker products (for the trace norm the bound is ‖R(π)‖ itself: PSD terms)."""
+    from scipy.optimize import minimize_scalar
+
     A, G = _spd(4, 0), _spd(3, 1)
-    (pi,) = pi_scales([A], [G])
-    c = 0.3
-    left = c * pi * torch.kron(G, torch.eye(4, dtype=A.dtype))  # row-major: G ⊗ πcI
-    right = (c / pi) * torch.kron(torch.eye(3, dtype=A.dtype), A)
-    assert math.isclose(torch.trace(left).item(), torch.trace(right).item())
+    (pi,) = pi_scales([A], [G], kind)
+    I_a, I_g = torch.eye(4, dtype=A.dtype), torch.eye(3, dtype=A.dtype)
+    left = torch.linalg.matrix_norm(torch.kron(I_a, G), norm).item()
+    right = torch.linalg.matrix_norm(torch.kron(A, I_g), norm).item()
+
+    def bound(log_pi):
+        return math.exp(log_pi) * left + right / math.exp(log_pi)
+
+    best = minimize_scalar(bound, bounds=(-5.0, 5.0), method="bounded",
+                           options={"xatol": 1e-10})
+    assert math.exp(best.x) == pytest.approx(pi.item(), rel=1e-7)
+    if kind == "trace":
+        residual = torch.linalg.matrix_norm(pi * torch.kron(I_a, G) + torch.kron(A, I_g) / pi,
+                                            "nuc").item()
+        assert residual == pytest.approx(bound(math.log(pi.item())), rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["trace", "frobenius"])
+def test_pi_of_a_diagonal_factor_is_that_of_its_matrix(kind):
+    """A vector stands for its diagonal matrix (an embedding's one-hot covariance)."""
+    d, G = torch.rand(5, generator=torch.Generator().manual_seed(2), dtype=torch.float64), _spd(3, 1)
+    (from_vector,) = pi_scales([d], [G], kind)
+    (from_matrix,) = pi_scales([torch.diag(d)], [G], kind)
+    assert from_vector.item() == pytest.approx(from_matrix.item(), rel=1e-15)
 
 
 def test_pi_falls_back_to_one_for_zero_factors():
@@ -62,6 +87,7 @@ def test_levenberg_marquardt_rule():
     assert levenberg_marquardt(1.0, -math.inf, w) == 1 / w
     assert levenberg_marquardt(1.0, math.nan, w) == 1 / w
     assert levenberg_marquardt(1.0, 0.5, w) == 1.0
+    assert levenberg_marquardt(1.0, 0.25, w) == levenberg_marquardt(1.0, 0.75, w) == 1.0
     assert levenberg_marquardt(1.0, 0.9, w, bounds=(0.9, 2.0)) == 0.9
 
 
@@ -78,6 +104,12 @@ def test_curvature_scale_is_the_largest_kfac_eigenvalue():
                    for a, g in zip(A, G, strict=True)).item()
     assert math.isclose(curvature_scale(A, G), expected, rel_tol=1e-3)
     assert curvature_scale([torch.zeros(2, 2)], [torch.zeros(2, 2)]) == 1.0
+    assert curvature_scale([], []) == 1.0  # no block with curvature
+
+
+def test_damping_grid_is_one_lambda_per_decade_down_to_1e_minus_8():
+    assert damping_grid(3.0) == [3.0 * 10.0**-j for j in range(9)]
+    assert damping_grid(3.0, decades=2) == [3.0 * 10.0**-j for j in range(3)]
 
 
 LAMS = [10.0**-j for j in range(8)]
@@ -99,6 +131,14 @@ LAMS = [10.0**-j for j in range(8)]
     # the largest λ already stops the walk: keep it (λ then grows by the LM rule)
     ([0.1, 0.05], [0.5, 0.2], 1.0),
     ([0.5, 0.05], [0.5, 0.2], 1.0),
+    # a best decrease of exactly 1 is a decrease (not "none")
+    ([1.6, 1.2, 0.9, 0.5, 0.1], [0.5, 0.8, 1.0, 0.9, 0.3], 1e-2 * 10**-0.375),
+    # a decrease of exactly half the best one does not stop the walk
+    ([1.9, 1.5, 0.95, 0.8], [1.0, 2.0, 1.0, 0.9], 1e-2),
+    # ρ = 1/4 exactly is interpolated, not stepped back from
+    ([1.6, 0.25], [1.0, 2.0], 10**-(0.85 / 1.35)),
+    # a failed candidate is no decrease, even when every real decrease is below 1
+    ([1.9, 1.5, 0.95, 0.8, -math.inf], [0.2, 0.6, 0.2, 0.1, -0.1], 1e-1),
     # nothing decreased h: the largest λ
     ([-math.inf, -math.inf], [-1.0, -2.0], 1.0),
 ])

@@ -104,6 +104,8 @@ def test_fixed_coefficients():
 
 def test_reduction_ratio_conventions():
     assert reduction_ratio(0.5, 1.0, -1.0) == 0.5
+    assert reduction_ratio(1.0, 1.0, -0.5) == 0.0  # h unchanged: ρ = 0, not an increase
+    assert reduction_ratio(0.5, 1.0, 1.0) == -0.5  # a decrease the model predicted as a rise
     assert reduction_ratio(1.5, 1.0, -1.0) == -math.inf  # h increased (authors' code)
     assert math.isnan(reduction_ratio(math.nan, 1.0, -1.0))
 

@@ -290,7 +290,11 @@ def test_a_step_whose_scaled_gradients_overflow_is_skipped():
     bad = x.clone()
     bad[0, 0] = math.inf  # non-finite scaled gradients
     skipped = _amp_step(opt, model, loss_fn, scaler, bad, y)
-    assert not skipped["accepted"] and opt.iteration == 1
+    assert math.isnan(skipped.pop("loss")) and math.isnan(skipped.pop("alpha"))
+    assert math.isnan(skipped.pop("mu")) and math.isnan(skipped.pop("rho"))
+    assert skipped == {"lambda": state["lambda"], "gamma": state["gamma"], "refreshed": False,
+                       "accepted": False}
+    assert opt.iteration == 1
     assert torch.equal(flat_params(model), params)
     after = opt.state_dict()
     assert after["lambda"] == state["lambda"]  # no rejection: the scale's fault, not λ's

@@ -1,12 +1,19 @@
 import json
+import math
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from kronlin_nn.experiments.autoencoder import DEFAULT_OPTIMIZERS, build_parser, parse_args
+from kronlin_nn.experiments import training
+from kronlin_nn.experiments.autoencoder import DEFAULT_OPTIMIZERS, build_parser, main, parse_args
+from kronlin_nn.experiments.data import load_problem
+from kronlin_nn.experiments.models import ARCHITECTURES, autoencoder, reconstruction_error
+from kronlin_nn.init import sparse_init_
 
 CONTRACT_NAMES = ["kfac-blockdiag", "kfac-tridiag", "kfac-blockdiag-nomomentum", "sgd"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -46,6 +53,8 @@ def test_results_json_follows_the_contract(cli_run):
         # the same initialization for every method
         assert initial_error == results["runs"]["sgd"][0]["train_error"]
         assert records[-1]["train_error"] < initial_error
+        # the default --polyak-start 200 is past these 3 steps: the average is the iterate
+        assert records[-1]["train_error_average"] == records[-1]["train_error_current"]
         if name.startswith("kfac"):
             assert {"loss", "lambda", "gamma", "alpha", "mu", "rho", "refreshed",
                     "accepted"} <= set(records[-1])
@@ -103,7 +112,8 @@ def test_parse_args_defaults_and_validation():
     args = parse_args(["--optimizer", "sgd", "--optimizer", "sgd", "--optimizer", "kfac-tridiag"])
     assert args.optimizer == ["sgd", "kfac-tridiag"]
     for bad in (["--optimizer", "adam"], ["--time-budget", "0"], ["--problem", "faces"],
-                ["--threads", "0"], ["--progress-every", "-1"]):
+                ["--threads", "0"], ["--progress-every", "-1"],
+                *([["--device", "cuda"]] if not torch.cuda.is_available() else [])):
         with pytest.raises(SystemExit):
             parse_args(bad)
 
@@ -114,3 +124,85 @@ def test_the_docs_option_table_lists_every_option():
     options = {opt for action in build_parser()._actions for opt in action.option_strings
                if opt.startswith("--") and opt != "--help"}
     assert documented == options
+
+
+# -- each option's effect, in process ----------------------------------------------------------
+def _strict_json(text):
+    """``json.loads`` that refuses NaN and ±Infinity (not standard JSON)."""
+    def refuse(constant):
+        raise AssertionError(f"results.json holds the non-standard constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _run_main(tmp_path, *options, threads=1):
+    out = tmp_path / "out"
+    try:
+        results = main(["--out", str(out), "--threads", str(threads), *options])
+    finally:
+        torch.set_num_threads(1)  # as tests/kronlin_nn/conftest.py sets it
+    return results, _strict_json((out / "results.json").read_text())
+
+
+def _initial_error(problem, seed, x):
+    model = sparse_init_(autoencoder(ARCHITECTURES[problem]),
+                         generator=torch.Generator().manual_seed(seed))
+    return reconstruction_error(model, x)
+
+
+def test_options_take_effect(tmp_path, capsys):
+    """--n-train, --seed, --sgd-lr (no grid search), --polyak-start, --max-iterations,
+    --progress-every and --threads."""
+    results, saved = _run_main(
+        tmp_path, "--problem", "digits", "--n-train", "40", "--seed", "5", "--sgd-lr", "0.0123",
+        "--polyak-start", "1", "--max-iterations", "3", "--progress-every", "0",
+        "--optimizer", "sgd", "--optimizer", "kfac-blockdiag", threads=2)
+    printed = capsys.readouterr().out
+    config = saved["config"]
+    x = load_problem("digits", n_train=40).x
+    assert config["n_train"] == 40 and config["dataset"] == "digits-40"
+    assert config["seed"] == 5 and config["threads"] == 2 and config["polyak"]["start"] == 1
+    # --sgd-lr: the given rate, no grid search
+    assert config["sgd_grid_search"] is None and "grid search" not in printed
+    assert config["optimizers"]["sgd"]["lr_paper_units"] == 0.0123
+    for name, records in saved["runs"].items():
+        # --seed: the initialization of that seed, on the first 40 images
+        assert records[0]["train_error"] == pytest.approx(_initial_error("digits", 5, x),
+                                                          rel=1e-6)
+        assert [r["iteration"] for r in records][-1] == 3
+        # --polyak-start 1: the average departs from the iterate after step 1
+        last = records[-1]
+        assert last["train_error_average"] != last["train_error_current"]
+        assert last["train_error"] == min(last["train_error_average"], last["train_error_current"])
+        # --progress-every 0: a line at every step and evaluation, not only the closing one
+        assert sum(line.startswith(f"{name}: ") for line in printed.splitlines()) > 3
+
+
+def test_data_dir_time_budget_and_no_progress(tmp_path, capsys):
+    """--data-dir reads the MNIST IDX file; --time-budget stops each run (here after its first
+    step); --no-progress prints no progress line."""
+    images = np.random.default_rng(0).integers(0, 256, size=(30, 28, 28), dtype=np.uint8)
+    header = bytes([0, 0, 0x08, 3]) + np.array(images.shape, dtype=">u4").tobytes()
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(header + images.tobytes())
+    _, saved = _run_main(tmp_path, "--problem", "mnist", "--data-dir", str(tmp_path),
+                         "--n-train", "20", "--optimizer", "sgd", "--sgd-lr", "0.01",
+                         "--time-budget", "1e-9", "--no-progress")
+    printed = capsys.readouterr().out
+    config = saved["config"]
+    assert config["n_train"] == 20 and str(tmp_path) in config["source"]
+    x = torch.tensor(images[:20].reshape(20, -1) / 255.0, dtype=torch.float32)
+    records = saved["runs"]["sgd"]
+    assert records[0]["train_error"] == pytest.approx(_initial_error("mnist", 0, x), rel=1e-6)
+    assert records[-1]["iteration"] == 1 and config["time_budget"] == 1e-9
+    assert not any(line.startswith("sgd: ") for line in printed.splitlines())
+
+
+def test_non_finite_values_are_written_as_null(tmp_path, monkeypatch):
+    """Strict JSON: a diverged run (every error NaN, so the grid search scores ∞) is null."""
+    monkeypatch.setattr(training, "reconstruction_error", lambda *args, **kwargs: math.nan)
+    results, saved = _run_main(tmp_path, "--problem", "digits", "--n-train", "40",
+                               "--max-iterations", "2", "--optimizer", "sgd", "--no-progress")
+    assert all(e == math.inf for e in results["config"]["sgd_grid_search"]["final_errors"])
+    assert all(e is None for e in saved["config"]["sgd_grid_search"]["final_errors"])
+    assert all(math.isnan(r["train_error"]) for r in results["runs"]["sgd"])
+    assert all(r["train_error"] is None for r in saved["runs"]["sgd"])

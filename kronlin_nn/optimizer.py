@@ -524,7 +524,8 @@ class KFAC(torch.optim.Optimizer):
                                                 lr if self._fixed_lr else None, w2) / unit
             self._gamma = math.sqrt(self._lambda + group["weight_decay"])
 
-        refreshed = k % self.inverse_every == 0 or k <= 3 or self._inverse is None
+        scheduled = k % self.inverse_every == 0 or k <= 3  # the refreshes of T₃ and steps 1–3
+        refreshed = scheduled or self._inverse is None
         tied = _clamp(math.sqrt(self._lambda + group["weight_decay"]),
                       self._gamma_bounds(group["weight_decay"]))
         if self.adapt_damping and self.gamma_rule == "tied":
@@ -557,7 +558,7 @@ class KFAC(torch.optim.Optimizer):
                 best = None
         if best is None:
             return self._reject(h_value, counted=True, refreshed=refreshed)
-        j, alpha, mu, _, predicted_rho = best
+        j, alpha, mu, model_change, predicted_rho = best
         delta = deltas[j].mul_(alpha)
         if delta0 is not None and mu != 0.0:
             delta.add_(delta0, alpha=mu)
@@ -568,9 +569,10 @@ class KFAC(torch.optim.Optimizer):
         rho, new_theta = math.nan, None
         # ρ every T₁ steps, and on the early refreshes of the tied rule: a new proposal under a
         # smaller γ is where the 2×2 model overshoots (μ ≈ 2–3 measured), so it is checked first
-        early_refresh = refreshed and not (k % self.inverse_every == 0 or k <= 3)
+        early_refresh = refreshed and not scheduled
+        accepted = True
         if self.adapt_damping and (k % self.damping_every == 0 or early_refresh
-                                   or self._implausible(best[3], h_value)):
+                                   or self._implausible(model_change, h_value)):
             new_theta = theta + delta
             h_new = self._objective(inputs, targets, new_theta, eta)
             rho = reduction_ratio(h_new, h_value, predicted_rho)
@@ -578,16 +580,16 @@ class KFAC(torch.optim.Optimizer):
             if not math.isfinite(h_new):
                 return self._reject(h_value, counted=True, refreshed=refreshed, rho=rho,
                                     raise_lambda=False)
-            if self.reject_uphill and h_new > h_value:  # λ already grew by the LM rule
-                # the next proposal would be rebuilt from the same δ₀: start it afresh
-                self._rejected, self._delta0 = self._rejected + 1, None
-                return {"loss": h_value, "lambda": lam, "gamma": candidates[j],
-                        "alpha": float(alpha), "mu": float(mu), "rho": rho,
-                        "refreshed": refreshed, "accepted": False}
-        self._apply(delta, new_theta)
-        self._delta0 = delta
+            # an uphill update is not applied (λ already grew by the LM rule), and the next
+            # proposal would be rebuilt from the same δ₀: it starts afresh
+            accepted = not (self.reject_uphill and h_new > h_value)
+        if accepted:
+            self._apply(delta, new_theta)
+            self._delta0 = delta
+        else:
+            self._rejected, self._delta0 = self._rejected + 1, None
         return {"loss": h_value, "lambda": lam, "gamma": candidates[j], "alpha": float(alpha),
-                "mu": float(mu), "rho": rho, "refreshed": refreshed, "accepted": True}
+                "mu": float(mu), "rho": rho, "refreshed": refreshed, "accepted": accepted}
 
     # -- the blocks ---------------------------------------------------------------------------
     def _arrange(self, blocks: Sequence[CurvatureBlock]) -> None:
